@@ -1,0 +1,1 @@
+"""coordctl: the operator's command line for coordd."""

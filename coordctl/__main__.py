@@ -1,0 +1,3 @@
+from coordctl.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""coordd: the coordination daemon for a fleet of AI agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from coordd.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""AI providers and analyses (queried on demand, off the hot path)."""

@@ -1,0 +1,210 @@
+"""One ``Config`` from defaults < TOML file < environment < command-line flags.
+
+The only module that reads ``os.environ`` (callers pass it in). Every key can be
+set in the environment as ``COORDD_<KEY>``; the old script's variables
+(``COORDINATION_DIR``, ``STALE_THRESHOLD``, ``HEARTBEAT_INTERVAL``, ``AI_PROVIDER``,
+``OLLAMA_HOST``, ``AGENT_ID``) work too, and lose to ``COORDD_<KEY>`` when both are set.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from coordd.freshness import Policy, TypeRule, validate_policy
+
+# The old script's names for our keys.
+LEGACY_ENV = {
+    "COORDINATION_DIR": "coordination_dir",
+    "STALE_THRESHOLD": "stale_threshold",
+    "HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "AI_PROVIDER": "ai_provider",
+    "OLLAMA_HOST": "ollama_host",
+    "AGENT_ID": "agent_id",
+}
+
+FSYNC_POLICIES = ("always", "everysec", "never")
+AI_PROVIDERS = ("ollama", "claude", "auto")
+LOG_FORMATS = ("auto", "console", "json", "journal")
+# sun_path in sockaddr_un is 108 bytes including the terminating NUL.
+MAX_UNIX_PATH = 107
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names every bad key and its allowed values."""
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # where things live
+    coordination_dir: str = "coordination"
+    state_dir: str = ""  # default: coordination_dir
+    run_dir: str = ""  # default: <coordination_dir>/run
+    agent_endpoint: str = ""  # default: ipc://<run_dir>/agents.sock
+    control_socket: str = ""  # default: <run_dir>/control.sock
+    events_endpoint: str = ""  # default: ipc://<run_dir>/events.sock
+    control_group: str = ""  # group given the control socket (e.g. "coordd"); "" keeps ours
+    # freshness
+    stale_threshold: float = 300.0
+    heartbeat_interval: float = 60.0
+    tick_interval: float = 1.0
+    recovery: str = "reassign"
+    max_retries: int = 3
+    retry_escalation: str = "fail"
+    work_types: dict[str, TypeRule] = {}
+    # durability
+    snapshot_interval: float = 30.0
+    fsync: str = "always"
+    legacy_export: bool = False
+    legacy_import: bool = True
+    # limits
+    max_items: int = 5_000_000
+    max_agents: int = 100_000
+    max_message_bytes: int = 1_048_576
+    max_batch: int = 10_000
+    # AI
+    ai_provider: str = "ollama"
+    ollama_host: str = "http://localhost:11434"
+    ollama_model: str = "llama2"
+    claude_model: str = "claude-sonnet-4-5"
+    anthropic_base_url: str = ""
+    anthropic_api_key: str = ""
+    ai_timeout: float = 30.0
+    # operations
+    metrics_listen: str = "127.0.0.1:9641"
+    log_format: str = "auto"
+    log_level: str = "info"
+    # clients
+    agent_id: str = ""
+    client_timeout: float = 5.0
+
+    def policy(self) -> Policy:
+        return Policy(
+            stale_threshold=self.stale_threshold,
+            recovery=self.recovery,
+            max_retries=self.max_retries,
+            retry_escalation=self.retry_escalation,
+            work_types=dict(self.work_types),
+        )
+
+
+def _fill_paths(cfg: Config) -> Config:
+    base = Path(cfg.coordination_dir)
+    state_dir = cfg.state_dir or str(base)
+    run_dir = cfg.run_dir or str(base / "run")
+    return msgspec.structs.replace(
+        cfg,
+        state_dir=state_dir,
+        run_dir=run_dir,
+        agent_endpoint=cfg.agent_endpoint or f"ipc://{Path(run_dir).resolve()}/agents.sock",
+        control_socket=cfg.control_socket or str(Path(run_dir).resolve() / "control.sock"),
+        events_endpoint=cfg.events_endpoint or f"ipc://{Path(run_dir).resolve()}/events.sock",
+    )
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for legacy, key in LEGACY_ENV.items():
+        if env.get(legacy):
+            out[key] = env[legacy]
+    for field in msgspec.structs.fields(Config):
+        name = "COORDD_" + field.name.upper()
+        if field.name != "work_types" and env.get(name):
+            out[field.name] = env[name]
+    # The Anthropic SDK's own variables, so a Claude user sets nothing new.
+    if env.get("ANTHROPIC_API_KEY") and "anthropic_api_key" not in out:
+        out["anthropic_api_key"] = env["ANTHROPIC_API_KEY"]
+    if env.get("ANTHROPIC_BASE_URL") and "anthropic_base_url" not in out:
+        out["anthropic_base_url"] = env["ANTHROPIC_BASE_URL"]
+    return out
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    # Accept both a flat file and one with a [coordd] table.
+    inner = data.pop("coordd", None)
+    if isinstance(inner, dict):
+        data.update(inner)
+    return data
+
+
+def load(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build and validate the configuration. Raises ConfigError naming every problem."""
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("COORDD_CONFIG") or None
+    merged: dict[str, Any] = {}
+    if config_file:
+        merged.update(_read_toml(config_file))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        cfg = msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid configuration: {_explain(e, merged)}") from None
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return _fill_paths(cfg)
+
+
+def _explain(e: msgspec.ValidationError, merged: dict[str, Any]) -> str:
+    msg = str(e)
+    if "Object contains unknown field" in msg:
+        known = sorted(f.name for f in msgspec.structs.fields(Config))
+        return f"{msg}; known keys: {', '.join(known)}"
+    return msg
+
+
+def _choice(problems: list[str], key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(problems: list[str], key: str, value: float) -> None:
+    if not value > 0:
+        problems.append(f"{key} must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> list[str]:
+    problems = validate_policy(cfg.policy())
+    _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
+    _choice(problems, "ai_provider", cfg.ai_provider, AI_PROVIDERS)
+    _choice(problems, "log_format", cfg.log_format, LOG_FORMATS)
+    _choice(problems, "log_level", cfg.log_level, ("debug", "info", "warning", "error"))
+    for key in (
+        "heartbeat_interval",
+        "tick_interval",
+        "snapshot_interval",
+        "ai_timeout",
+        "client_timeout",
+        "max_items",
+        "max_agents",
+        "max_message_bytes",
+        "max_batch",
+    ):
+        _positive(problems, key, getattr(cfg, key))
+    if not cfg.coordination_dir:
+        problems.append("coordination_dir must not be empty")
+    sock = cfg.control_socket or str(
+        Path(cfg.run_dir or Path(cfg.coordination_dir) / "run").resolve() / "control.sock"
+    )
+    if len(sock.encode()) > MAX_UNIX_PATH:
+        problems.append(
+            f"control socket path {sock} is {len(sock.encode())} bytes; Unix sockets allow"
+            f" {MAX_UNIX_PATH}: set run_dir (COORDD_RUN_DIR) to a shorter directory"
+        )
+    return problems

@@ -1,0 +1,734 @@
+"""The state machine: work items, agents, leases, indexes and the deadline heap.
+
+Pure and synchronous, like h11: no sockets, no files, no clock reads, no logging.
+Every transition takes ``now`` (seconds since the epoch, from the caller's clock),
+validates, applies, and appends what happened to two outboxes the edges drain:
+``records`` (for the write-ahead journal) and ``events`` (for the PUB socket and logs).
+
+Invariants kept here:
+- ``lease_seq`` only grows; an item's ``lease`` is bumped on every claim, release and
+  recovery, so a holder that lost an item can never act on it again (fencing token);
+- ``_pending`` holds exactly the ids of pending items, by priority then arrival;
+- ``_held`` holds exactly the ids of active items, by agent;
+- every active, non-stale item has one live entry in the deadline heap
+  (``heap_deadline`` names it; entries whose deadline differs are dead and skipped).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from coordd.freshness import Policy
+
+PRIORITIES = ("critical", "high", "medium", "low")
+PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+STATUSES = ("pending", "active", "completed", "failed")
+
+
+# --- domain errors: the server maps each to one stable error code ----------
+
+
+class DomainError(Exception):
+    code = "internal"
+
+
+class BadRequest(DomainError):
+    code = "bad_request"
+
+
+class UnknownWork(DomainError):
+    code = "unknown_work"
+
+
+class UnknownAgent(DomainError):
+    code = "unknown_agent"
+
+
+class LeaseLost(DomainError):
+    code = "lease_lost"
+
+
+class NotOwner(DomainError):
+    code = "not_owner"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class NothingPending(DomainError):
+    code = "nothing_pending"
+
+
+class LimitReached(DomainError):
+    code = "limit_reached"
+
+
+# --- the model ---------------------------------------------------------------
+
+
+class WorkItem(msgspec.Struct, kw_only=True):
+    """One unit of work. Field names follow the old ``work_claims.json``."""
+
+    work_item_id: str
+    work_type: str
+    description: str
+    priority: str = "medium"
+    team: str = ""
+    status: str = "pending"
+    agent_id: str | None = None
+    claimed_at: float | None = None
+    progress: int = 0
+    stage: str | None = None
+    completed_at: float | None = None
+    result: str | None = None
+    velocity_points: int | None = None
+    last_heartbeat: float | None = None
+    retry_count: int = 0
+    recovery_reason: str | None = None
+    recovered_at: float | None = None
+    recovered_from: str | None = None
+    lease: int = 0
+    stale_after: float | None = None
+    stale_since: float | None = None
+    created_at: float = 0.0
+    heap_deadline: float | None = None
+    # Fields of an imported legacy item that coordd has no use for, kept verbatim
+    # so an export gives them back (reactor_id, estimated_duration, telemetry, ...).
+    legacy: dict[str, Any] | None = None
+
+
+class Agent(msgspec.Struct, kw_only=True):
+    agent_id: str
+    team: str = ""
+    capacity: int = 100
+    specialization: str = ""
+    status: str = "active"
+    last_heartbeat: float | None = None
+    registered_at: float = 0.0
+    tasks_completed: int = 0
+    legacy: dict[str, Any] | None = None
+
+
+class Completion(msgspec.Struct, kw_only=True):
+    """One line of the completion log (the old ``coordination_log.json``)."""
+
+    work_item_id: str
+    completed_at: float
+    agent_id: str | None
+    result: str
+    velocity_points: int = 0
+    team: str = ""
+    legacy: dict[str, Any] | None = None
+
+
+# --- journal records: physical, so replay needs no clock and no rules --------
+
+
+class PutItem(msgspec.Struct, tag="item", array_like=True):
+    item: WorkItem
+
+
+class PutAgent(msgspec.Struct, tag="agent", array_like=True):
+    agent: Agent
+
+
+class AddCompletion(msgspec.Struct, tag="done", array_like=True):
+    entry: Completion
+
+
+Record = PutItem | PutAgent | AddCompletion
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Something an observer may care about: published on the events socket and logged."""
+
+    event: str
+    at: float
+    work_item_id: str | None = None
+    agent_id: str | None = None
+    lease: int | None = None
+    detail: str | None = None
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    max_items: int = 5_000_000
+    max_agents: int = 100_000
+    max_id_len: int = 200
+    max_description_len: int = 10_000
+
+
+class State:
+    """All of coordd's state. One instance, owned by the event loop."""
+
+    def __init__(self, policy: Policy | None = None, limits: Limits | None = None) -> None:
+        if policy is None:
+            from coordd.freshness import Policy
+
+            policy = Policy()
+        self.policy = policy
+        self.limits = limits or Limits()
+        self.items: dict[str, WorkItem] = {}
+        self.agents: dict[str, Agent] = {}
+        self.completions: list[Completion] = []
+        self.team_velocity: dict[str, int] = {}
+        self.lease_seq = 0
+        # Before this moment nobody is judged stale: set at start so downtime is never
+        # counted against agents that need time to reconnect.
+        self.not_before = 0.0
+        self._pending: dict[int, dict[str, None]] = {r: {} for r in range(len(PRIORITIES))}
+        self._held: dict[str, dict[str, None]] = {}
+        self._heap: list[tuple[float, str]] = []
+        self.records: list[Record] = []
+        self.events: list[Event] = []
+        self.counters: dict[str, int] = {
+            "heartbeats": 0,
+            "claims": 0,
+            "completions": 0,
+            "lease_refused": 0,
+            "stale_detected": 0,
+        }
+
+    # --- helpers -------------------------------------------------------------
+
+    def _emit(self, event: str, now: float, item: WorkItem | None = None, **kw: Any) -> None:
+        if item is not None:
+            kw.setdefault("work_item_id", item.work_item_id)
+            kw.setdefault("agent_id", item.agent_id)
+            kw.setdefault("lease", item.lease)
+        self.events.append(Event(event=event, at=now, **kw))
+
+    def _put(self, item: WorkItem) -> None:
+        self.records.append(PutItem(item))
+
+    def _next_lease(self) -> int:
+        self.lease_seq += 1
+        return self.lease_seq
+
+    def _new_id(self, now: float, prefix: str = "work") -> str:
+        # The old script's ids: work_<nanoseconds>. Deterministic in ``now``; on a
+        # collision step one nanosecond, so ids stay unique and sortable by time.
+        ns = int(now * 1e9)
+        while f"{prefix}_{ns}" in self.items:
+            ns += 1
+        return f"{prefix}_{ns}"
+
+    def _check_text(self, name: str, value: str, limit: int) -> None:
+        if len(value) > limit:
+            raise BadRequest(f"{name} is {len(value)} characters; the limit is {limit}")
+
+    def _check_new_item(self, work_item_id: str | None, description: str) -> None:
+        if len(self.items) >= self.limits.max_items:
+            raise LimitReached(f"coordd holds {len(self.items)} items (max_items)")
+        if work_item_id is not None:
+            if not work_item_id:
+                raise BadRequest("work_item_id must not be empty")
+            self._check_text("work_item_id", work_item_id, self.limits.max_id_len)
+            if work_item_id in self.items:
+                raise Conflict(f"work item {work_item_id} already exists")
+        self._check_text("description", description, self.limits.max_description_len)
+
+    def get(self, work_item_id: str) -> WorkItem:
+        item = self.items.get(work_item_id)
+        if item is None:
+            raise UnknownWork(f"no work item {work_item_id!r}")
+        return item
+
+    def workload(self, agent_id: str) -> int:
+        return len(self._held.get(agent_id, ()))
+
+    def held_by(self, agent_id: str) -> Iterator[WorkItem]:
+        for wid in self._held.get(agent_id, ()):
+            yield self.items[wid]
+
+    def _ensure_agent(self, agent_id: str, now: float, team: str = "") -> Agent:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            return agent
+        if not agent_id:
+            raise BadRequest("agent_id must not be empty")
+        self._check_text("agent_id", agent_id, self.limits.max_id_len)
+        if len(self.agents) >= self.limits.max_agents:
+            raise LimitReached(f"coordd holds {len(self.agents)} agents (max_agents)")
+        agent = Agent(agent_id=agent_id, team=team, registered_at=now, last_heartbeat=now)
+        self.agents[agent_id] = agent
+        self.records.append(PutAgent(agent))
+        return agent
+
+    # --- indexes ---------------------------------------------------------------
+
+    def _index(self, item: WorkItem) -> None:
+        """Enter an item in the index its status calls for (used on load too)."""
+        if item.status == "pending":
+            rank = PRIORITY_RANK.get(item.priority, PRIORITY_RANK["medium"])
+            self._pending[rank][item.work_item_id] = None
+        elif item.status == "active" and item.agent_id is not None:
+            self._held.setdefault(item.agent_id, {})[item.work_item_id] = None
+            if item.stale_since is None:
+                self._queue(item)
+
+    def _unindex(self, item: WorkItem) -> None:
+        if item.status == "pending":
+            rank = PRIORITY_RANK.get(item.priority, PRIORITY_RANK["medium"])
+            self._pending[rank].pop(item.work_item_id, None)
+        elif item.status == "active" and item.agent_id is not None:
+            held = self._held.get(item.agent_id)
+            if held is not None:
+                held.pop(item.work_item_id, None)
+                if not held:
+                    del self._held[item.agent_id]
+        item.heap_deadline = None  # any heap entry for it is now dead
+
+    def deadline(self, item: WorkItem) -> float:
+        """When an active item becomes stale if it hears nothing more."""
+        last = item.last_heartbeat if item.last_heartbeat is not None else item.created_at
+        return max(last, self.not_before) + self.policy.threshold_for(item)
+
+    def _queue(self, item: WorkItem) -> None:
+        d = self.deadline(item)
+        item.heap_deadline = d
+        heapq.heappush(self._heap, (d, item.work_item_id))
+
+    def pop_expired(self, now: float) -> list[WorkItem]:
+        """Active items whose deadline has passed, removed from the heap.
+
+        Cost grows with the entries whose recorded deadline has passed, not with the
+        items held: a heartbeat only moves ``last_heartbeat``; the item's entry is
+        re-queued at its true deadline when it surfaces.
+        """
+        expired: list[WorkItem] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            d, wid = heapq.heappop(heap)
+            item = self.items.get(wid)
+            if item is None or item.heap_deadline != d:
+                continue  # a dead entry
+            true_deadline = self.deadline(item)
+            if true_deadline > now:
+                item.heap_deadline = true_deadline
+                heapq.heappush(heap, (true_deadline, wid))
+                continue
+            item.heap_deadline = None
+            expired.append(item)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def rebuild_indexes(self) -> None:
+        """Recompute every index from ``items`` (after a load or a replay)."""
+        self._pending = {r: {} for r in range(len(PRIORITIES))}
+        self._held = {}
+        self._heap = []
+        for item in self.items.values():
+            item.heap_deadline = None
+            self._index(item)
+            self.lease_seq = max(self.lease_seq, item.lease)
+        heapq.heapify(self._heap)
+
+    # --- holder checks --------------------------------------------------------------
+
+    def _check_holder(self, item: WorkItem, agent_id: str | None, lease: int | None) -> None:
+        """Refuse a request from anyone but the current holder.
+
+        ``agent_id`` None means an operator on the control socket: ownership is not
+        checked, the lease still is when given.
+        """
+        if lease is not None and lease != item.lease:
+            self.counters["lease_refused"] += 1
+            raise LeaseLost(
+                f"lease {lease} on {item.work_item_id} is stale (current lease {item.lease},"
+                f" status {item.status})"
+            )
+        if agent_id is not None and agent_id != item.agent_id:
+            if item.recovered_from == agent_id:
+                self.counters["lease_refused"] += 1
+                raise LeaseLost(
+                    f"{item.work_item_id} was recovered from {agent_id} ({item.recovery_reason})"
+                )
+            raise NotOwner(f"{item.work_item_id} is held by {item.agent_id or 'nobody'}")
+        if item.status != "active":
+            raise Conflict(f"{item.work_item_id} is {item.status}, not active")
+
+    # --- transitions --------------------------------------------------------------
+
+    def register(
+        self,
+        agent_id: str,
+        now: float,
+        team: str = "",
+        capacity: int = 100,
+        specialization: str = "",
+    ) -> Agent:
+        """Create or update an agent."""
+        if capacity < 0:
+            raise BadRequest("capacity must be >= 0")
+        agent = self._ensure_agent(agent_id, now, team)
+        agent.team = team or agent.team
+        agent.capacity = capacity
+        agent.specialization = specialization or agent.specialization
+        agent.status = "active"
+        agent.last_heartbeat = now
+        self.records.append(PutAgent(agent))
+        self._emit("registered", now, agent_id=agent_id)
+        return agent
+
+    def add(
+        self,
+        work_type: str,
+        description: str,
+        now: float,
+        priority: str = "medium",
+        team: str = "",
+        work_item_id: str | None = None,
+        stale_after: float | None = None,
+    ) -> WorkItem:
+        """Put a pending item in the backlog."""
+        self._check_priority(priority)
+        self._check_stale_after(stale_after)
+        self._check_new_item(work_item_id, description)
+        item = WorkItem(
+            work_item_id=work_item_id or self._new_id(now),
+            work_type=work_type,
+            description=description,
+            priority=priority,
+            team=team,
+            created_at=now,
+            stale_after=stale_after,
+        )
+        self.items[item.work_item_id] = item
+        self._index(item)
+        self._put(item)
+        self._emit("added", now, item)
+        return item
+
+    def claim(
+        self,
+        agent_id: str,
+        work_type: str,
+        description: str,
+        now: float,
+        priority: str = "medium",
+        team: str = "",
+        work_item_id: str | None = None,
+        stale_after: float | None = None,
+    ) -> WorkItem:
+        """Create an item and claim it at once (the old ``claim``)."""
+        self._check_priority(priority)
+        self._check_stale_after(stale_after)
+        self._check_new_item(work_item_id, description)
+        self._ensure_agent(agent_id, now, team)
+        item = WorkItem(
+            work_item_id=work_item_id or self._new_id(now),
+            work_type=work_type,
+            description=description,
+            priority=priority,
+            team=team,
+            created_at=now,
+            stale_after=stale_after,
+        )
+        self.items[item.work_item_id] = item
+        self._take(item, agent_id, now)
+        return item
+
+    def claim_next(
+        self,
+        agent_id: str,
+        now: float,
+        work_type: str | None = None,
+        team: str | None = None,
+        work_item_id: str | None = None,
+    ) -> WorkItem:
+        """Take the most urgent pending item (critical first, then oldest)."""
+        if work_item_id is not None:
+            item = self.get(work_item_id)
+            if item.status != "pending":
+                raise Conflict(f"{work_item_id} is {item.status}, not pending")
+        else:
+            found = self._find_pending(work_type, team)
+            if found is None:
+                raise NothingPending(_describe_filter(work_type, team))
+            item = found
+        self._ensure_agent(agent_id, now)
+        self._unindex(item)
+        self._take(item, agent_id, now)
+        return item
+
+    def _find_pending(self, work_type: str | None, team: str | None) -> WorkItem | None:
+        for rank in range(len(PRIORITIES)):
+            for wid in self._pending[rank]:
+                item = self.items[wid]
+                if work_type is not None and item.work_type != work_type:
+                    continue
+                if team is not None and item.team != team:
+                    continue
+                return item
+        return None
+
+    def _take(self, item: WorkItem, agent_id: str, now: float) -> None:
+        item.status = "active"
+        item.agent_id = agent_id
+        item.claimed_at = now
+        item.last_heartbeat = now
+        item.stale_since = None
+        item.lease = self._next_lease()
+        self._index(item)
+        self._put(item)
+        self.counters["claims"] += 1
+        self._emit("claimed", now, item)
+
+    def heartbeat(
+        self,
+        agent_id: str,
+        now: float,
+        work_item_id: str | None = None,
+        lease: int | None = None,
+        progress: int | None = None,
+    ) -> int:
+        """Refresh an agent (and all it holds) or one item. Returns items refreshed.
+
+        Touches memory only (no journal record) unless ``progress`` changes: a heartbeat
+        lost in a crash costs at most one interval of freshness, never data.
+        """
+        agent = self.agents.get(agent_id)
+        if work_item_id is None:
+            if agent is None:
+                raise UnknownAgent(f"no agent {agent_id!r}; register or claim first")
+            agent.last_heartbeat = now
+            n = 0
+            for wid in self._held.get(agent_id, ()):
+                self._refresh(self.items[wid], now)
+                n += 1
+            self.counters["heartbeats"] += max(n, 1)
+            return n
+        item = self.get(work_item_id)
+        self._check_holder(item, agent_id, lease)
+        if agent is not None:
+            agent.last_heartbeat = now
+        self._refresh(item, now)
+        if progress is not None and progress != item.progress:
+            self._set_progress(item, progress, None)
+        self.counters["heartbeats"] += 1
+        return 1
+
+    def _refresh(self, item: WorkItem, now: float) -> None:
+        item.last_heartbeat = now
+        if item.stale_since is not None:
+            # A stale item left alone (strategy ``none``) is fresh again.
+            item.stale_since = None
+            self._queue(item)
+            self._emit("fresh_again", now, item)
+
+    def progress(
+        self,
+        work_item_id: str,
+        progress: int,
+        now: float,
+        agent_id: str | None = None,
+        lease: int | None = None,
+        stage: str | None = None,
+    ) -> WorkItem:
+        """Record progress (0-100); counts as a heartbeat."""
+        item = self.get(work_item_id)
+        self._check_holder(item, agent_id, lease)
+        self._set_progress(item, progress, stage)
+        self._refresh(item, now)
+        return item
+
+    def _set_progress(self, item: WorkItem, progress: int, stage: str | None) -> None:
+        if not 0 <= progress <= 100:
+            raise BadRequest(f"progress must be 0-100, got {progress}")
+        item.progress = progress
+        if stage is not None:
+            item.stage = stage
+        self._put(item)
+
+    def complete(
+        self,
+        work_item_id: str,
+        now: float,
+        agent_id: str | None = None,
+        lease: int | None = None,
+        result: str = "success",
+        velocity: int = 0,
+    ) -> WorkItem:
+        """Finish an item: log it and credit the team's velocity."""
+        if velocity < 0:
+            raise BadRequest(f"velocity must be >= 0, got {velocity}")
+        item = self.get(work_item_id)
+        self._check_holder(item, agent_id, lease)
+        self._finish(item, now, "completed", result, velocity)
+        self.counters["completions"] += 1
+        agent = self.agents.get(item.agent_id or "")
+        if agent is not None:
+            agent.tasks_completed += 1
+            self.records.append(PutAgent(agent))
+        return item
+
+    def _finish(self, item: WorkItem, now: float, status: str, result: str, velocity: int) -> None:
+        self._unindex(item)
+        item.status = status
+        item.completed_at = now
+        item.result = result
+        item.velocity_points = velocity
+        item.progress = 100 if status == "completed" else item.progress
+        self._put(item)
+        entry = Completion(
+            work_item_id=item.work_item_id,
+            completed_at=now,
+            agent_id=item.agent_id,
+            result=result,
+            velocity_points=velocity,
+            team=item.team,
+        )
+        self._log_completion(entry)
+        self._emit(status, now, item, detail=result)
+
+    def _log_completion(self, entry: Completion) -> None:
+        self.completions.append(entry)
+        if entry.velocity_points:
+            self.team_velocity[entry.team] = (
+                self.team_velocity.get(entry.team, 0) + entry.velocity_points
+            )
+        self.records.append(AddCompletion(entry))
+
+    def release(
+        self,
+        work_item_id: str,
+        now: float,
+        agent_id: str | None = None,
+        lease: int | None = None,
+    ) -> WorkItem:
+        """Give an item back to the backlog; its holder is fenced off."""
+        item = self.get(work_item_id)
+        self._check_holder(item, agent_id, lease)
+        self._to_pending(item)
+        self._put(item)
+        self._emit("released", now, item, agent_id=agent_id)
+        return item
+
+    def _to_pending(self, item: WorkItem) -> None:
+        self._unindex(item)
+        item.status = "pending"
+        item.agent_id = None
+        item.stale_since = None
+        item.lease = self._next_lease()
+        self._index(item)
+
+    # --- recovery primitives (the rules that choose them live in freshness.py) ----
+
+    def mark_stale(self, item: WorkItem, now: float) -> None:
+        item.stale_since = now
+        item.heap_deadline = None
+        self.counters["stale_detected"] += 1
+        silent = now - (item.last_heartbeat or item.created_at)
+        self._emit("stale_detected", now, item, detail=f"silent {silent:.1f}s")
+
+    def recover_reassign(self, item: WorkItem, now: float, reason: str) -> None:
+        """Back to pending for another agent; the old holder is fenced off."""
+        holder = item.agent_id
+        self._to_pending(item)
+        self._mark_recovered(item, now, reason, holder, "reassign")
+
+    def recover_retry(self, item: WorkItem, now: float, reason: str) -> None:
+        """Same agent starts over: progress 0, one more retry, fresh heartbeat."""
+        self._unindex(item)
+        item.progress = 0
+        item.retry_count += 1
+        item.last_heartbeat = now
+        item.stale_since = None
+        self._index(item)
+        self._mark_recovered(item, now, reason, None, "retry")
+
+    def recover_fail(self, item: WorkItem, now: float, reason: str) -> None:
+        """Give up: status failed, released, logged with result ``failed_stale``."""
+        holder = item.agent_id
+        item.recovery_reason = reason
+        item.recovered_at = now
+        item.recovered_from = holder
+        self._finish(item, now, "failed", "failed_stale", 0)
+        self._emit("recovered", now, item, agent_id=holder, detail="fail")
+
+    def _mark_recovered(
+        self, item: WorkItem, now: float, reason: str, holder: str | None, strategy: str
+    ) -> None:
+        item.recovery_reason = reason
+        item.recovered_at = now
+        if holder is not None:
+            item.recovered_from = holder
+        self._put(item)
+        self._emit("recovered", now, item, agent_id=holder or item.agent_id, detail=strategy)
+
+    # --- reads -----------------------------------------------------------------
+
+    def select(
+        self,
+        status: str | None = None,
+        team: str | None = None,
+        agent_id: str | None = None,
+        work_type: str | None = None,
+    ) -> Iterable[WorkItem]:
+        if agent_id is not None and status == "active":
+            return list(self.held_by(agent_id))
+        return (
+            i
+            for i in self.items.values()
+            if (status is None or i.status == status)
+            and (team is None or i.team == team)
+            and (agent_id is None or i.agent_id == agent_id)
+            and (work_type is None or i.work_type == work_type)
+        )
+
+    def counts(self) -> dict[str, int]:
+        by_status = {s: 0 for s in STATUSES}
+        stale = 0
+        for item in self.items.values():
+            by_status[item.status] = by_status.get(item.status, 0) + 1
+            if item.stale_since is not None:
+                stale += 1
+        return {**by_status, "stale": stale, "items": len(self.items), "agents": len(self.agents)}
+
+    # --- replay -------------------------------------------------------------------
+
+    def apply_record(self, rec: Record) -> None:
+        """Apply one journal record (replay). Indexes are rebuilt after the whole replay."""
+        if isinstance(rec, PutItem):
+            self.items[rec.item.work_item_id] = rec.item
+            self.lease_seq = max(self.lease_seq, rec.item.lease)
+        elif isinstance(rec, PutAgent):
+            self.agents[rec.agent.agent_id] = rec.agent
+        else:
+            self.completions.append(rec.entry)
+            if rec.entry.velocity_points:
+                team = rec.entry.team
+                points = rec.entry.velocity_points
+                self.team_velocity[team] = self.team_velocity.get(team, 0) + points
+
+    def drain(self) -> tuple[list[Record], list[Event]]:
+        """Take what happened since the last drain (the edges write and publish it)."""
+        records, events = self.records, self.events
+        self.records, self.events = [], []
+        return records, events
+
+    # --- validation ----------------------------------------------------------------
+
+    @staticmethod
+    def _check_priority(priority: str) -> None:
+        if priority not in PRIORITY_RANK:
+            raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}; got {priority!r}")
+
+    @staticmethod
+    def _check_stale_after(stale_after: float | None) -> None:
+        if stale_after is not None and not stale_after > 0:
+            raise BadRequest(f"stale_after must be > 0 seconds, got {stale_after}")
+
+
+def _describe_filter(work_type: str | None, team: str | None) -> str:
+    parts = [f"type {work_type}" if work_type else "", f"team {team}" if team else ""]
+    what = " and ".join(p for p in parts if p)
+    return f"nothing pending{' for ' + what if what else ''}"
