@@ -1,0 +1,37 @@
+"""The README's contract: `make run` starts a daemon that `coordctl status` reaches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_make_run_serves_coordctl_from_another_shell(short_tmp: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COORD")}
+    env["COORDINATION_DIR"] = str(short_tmp / "coordination")
+    env["COORDD_METRICS_LISTEN"] = ""
+    make = subprocess.Popen(
+        ["make", "-s", "-C", str(ROOT), "run", f"VENV={BIN.parent}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            r = subprocess.run([str(BIN / "coordctl"), "status", "--json"], env=env,
+                               capture_output=True, text=True, cwd=str(short_tmp))
+            if r.returncode == 0 or time.monotonic() > deadline or make.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["health"] == "ok"
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(20)
