@@ -26,7 +26,7 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, freshness, protocol
+from coordd import __version__, freshness, keys, protocol
 from coordd.config import Config
 from coordd.protocol import Error, Ok
 from coordd.state import DomainError, Limits, State
@@ -35,7 +35,11 @@ log = structlog.get_logger("coordd")
 
 Clock = Callable[[], float]
 
-# Requests an agent on the agent endpoint may not send (operators only).
+# Requests an agent on the agent endpoint may not send (operators only): add the
+# request's Struct class here when you add an admin request (Snapshot, RecoverStale,
+# Import, Reload, the AI analyses...). ``_handle`` checks it after decoding and before
+# any handler, so a handler never needs its own check; tests/daemon/test_security.py
+# asserts that every listed type is refused on the agent endpoint.
 CONTROL_ONLY: frozenset[type] = frozenset()
 
 
@@ -63,7 +67,7 @@ class Daemon:
     def __init__(self, cfg: Config, clock: Clock = time.time, journal: Any = None) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
+        self.state = State(cfg.policy(), _limits(cfg))
         self.journal = journal or NullJournal()
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
@@ -74,6 +78,9 @@ class Daemon:
         self.health = "ok"
         self.degraded_reason = ""
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
+        self.keyring: keys.KeyRing | None = None  # set when the agent endpoint uses CURVE
+        self.zap_sock: zmq.Socket[bytes] | None = None
+        self._hup = False
         self.handlers: dict[type, Callable[[Any, float, bool], Any]] = {
             protocol.Register: self.on_register,
             protocol.Heartbeat: self.on_heartbeat,
@@ -101,7 +108,8 @@ class Daemon:
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o750)
         self.state.not_before = self.clock()
-        self.agent_sock = self._bind(zmq.ROUTER, cfg.agent_endpoint)
+        self._setup_curve()
+        self.agent_sock = self._bind(zmq.ROUTER, cfg.agent_endpoint, self.keyring)
         self.control_sock = self._bind(zmq.ROUTER, "ipc://" + cfg.control_socket)
         self._secure_control_socket()
         self.events_sock = self._bind(zmq.PUB, cfg.events_endpoint)
@@ -111,6 +119,7 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup_signal)
         log.info(
             "started",
             version=__version__,
@@ -141,9 +150,13 @@ class Daemon:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind(
+        self, kind: int, endpoint: str, ring: keys.KeyRing | None = None
+    ) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 1000)
+        if ring is not None:
+            keys.secure_server(sock, ring)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
             # A reply to a peer that vanished is dropped, not an error.
@@ -168,8 +181,69 @@ class Daemon:
             os.chown(path, -1, gid)
             os.chown(self.cfg.run_dir, -1, gid)
 
+    def _setup_curve(self) -> None:
+        """Load the CURVE keys and answer ZAP when the agent endpoint needs them."""
+        cfg = self.cfg
+        if not keys.curve_wanted(cfg.agent_endpoint, cfg.require_curve):
+            return
+        if not cfg.curve_dir:
+            raise StartupError(
+                f"agent_endpoint {cfg.agent_endpoint} is tcp:// beyond loopback (or"
+                " require_curve is set): set curve_dir to a key directory made by"
+                " `coordctl keys generate` (see README, Security)"
+            )
+        try:
+            self.keyring = keys.load(cfg.curve_dir)
+        except keys.KeysError as e:
+            raise StartupError(str(e)) from None
+        # The ZAP handler must exist before the CURVE socket accepts a connection.
+        zap: zmq.Socket[bytes] = self.ctx.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind(keys.ZAP_ENDPOINT)
+        self.zap_sock = zap
+        log.info("curve_enabled", curve_dir=cfg.curve_dir, allowed=len(self.keyring.allowed))
+
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         self._stop = True
+
+    def _on_hup_signal(self, signum: int, _frame: Any) -> None:
+        # Only a flag: the work happens on the loop, woken by the wakeup fd.
+        self._hup = True
+
+    def _on_hup(self) -> None:
+        """SIGHUP: reload what can change without a restart."""
+        self._hup = False
+        self.reload_keys()
+
+    def reload_keys(self) -> None:
+        """Re-read ``allowed/``; on error keep the old list (a typo must not lock all out)."""
+        if self.keyring is None:
+            return
+        try:
+            allowed = keys.load_allowed(self.cfg.curve_dir)
+        except keys.KeysError as e:
+            log.error("keys_reload_failed", error=str(e))
+            return
+        self.keyring = msgspec.structs.replace(self.keyring, allowed=allowed)
+        log.info("keys_reloaded", allowed=len(allowed))
+
+    def _serve_zap(self) -> None:
+        """Answer the ZAP requests waiting (one CURVE handshake each)."""
+        assert self.zap_sock is not None and self.keyring is not None
+        while True:
+            try:
+                frames = self.zap_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            decision = keys.zap_decide(self.keyring, frames)
+            if not decision.allowed:
+                log.warning(
+                    "curve_refused",
+                    address=decision.address,
+                    client_key=decision.client_key,
+                    reason=decision.reason,
+                )
+            self.zap_sock.send_multipart(decision.reply or [b"1.0", b"", b"500", b"", b"", b""])
 
     def close(self) -> None:
         # Only what this process bound: a daemon refused at start must not remove
@@ -179,7 +253,7 @@ class Daemon:
                 os.unlink(self.cfg.control_socket)
             except FileNotFoundError:
                 pass
-        for name in ("agent_sock", "control_sock", "events_sock"):
+        for name in ("agent_sock", "control_sock", "events_sock", "zap_sock"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=500)
@@ -197,6 +271,8 @@ class Daemon:
         poller.register(self.agent_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        if self.zap_sock is not None:
+            poller.register(self.zap_sock, zmq.POLLIN)
         next_tick = self.clock() + self.cfg.tick_interval
         while not self._stop:
             timeout_ms = max(0, int((next_tick - self.clock()) * 1000))
@@ -208,6 +284,10 @@ class Daemon:
                 self._drain(self.control_sock, now, from_control=True)
             if self._wake_r.fileno() in ready:
                 self._clear_wakeup()
+            if self.zap_sock is not None and self.zap_sock in ready:
+                self._serve_zap()
+            if self._hup:
+                self._on_hup()
             if now >= next_tick:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
@@ -222,15 +302,37 @@ class Daemon:
             pass
 
     def _drain(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
+        with_key = self.keyring is not None and sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
+            client_key = None
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if with_key:
+                    frames, client_key = self._recv_with_key(sock)
+                else:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._handle(sock, frames, now, from_control)
+            try:
+                self._handle(sock, frames, now, from_control, client_key)
+            except Exception:  # a bug; one bad message must not stop the loop
+                log.exception("handle_failed", frames=len(frames))
+
+    def _recv_with_key(self, sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
+        """Frames and the CURVE public key (Z85) ZAP gave the sender's connection."""
+        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        try:
+            client_key = parts[-1].get("User-Id")
+        except zmq.ZMQError:
+            client_key = None
+        return [p.bytes for p in parts], str(client_key) if client_key else None
 
     def _handle(
-        self, sock: zmq.Socket[bytes], frames: list[bytes], now: float, from_control: bool
+        self,
+        sock: zmq.Socket[bytes],
+        frames: list[bytes],
+        now: float,
+        from_control: bool,
+        client_key: str | None = None,
     ) -> None:
         envelope, payload = frames[:-1], frames[-1]
         if not envelope:
@@ -239,6 +341,10 @@ class Daemon:
             req = self.codec.request_decoder.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self._reply(sock, envelope, self._undecodable(payload, e))
+            return
+        except RecursionError:
+            # Deeply nested msgpack (in an ignored field, say): refuse, do not die.
+            self._reply(sock, envelope, Error(code="bad_request", message="nesting too deep"))
             return
         if req.v != protocol.PROTOCOL_VERSION:
             self._reply(sock, envelope, _version_error(req.v))
@@ -253,6 +359,14 @@ class Daemon:
                 ),
             )
             return
+        if self.keyring is not None and not from_control:
+            refusal = keys.identity_refusal(
+                self.keyring, client_key or "", getattr(req, "agent_id", None)
+            )
+            if refusal is not None:
+                log.warning("identity_refused", agent_id=getattr(req, "agent_id", None))
+                self._reply(sock, envelope, Error(code="not_allowed", message=refusal))
+                return
         try:
             data = self.handlers[type(req)](req, now, from_control)
         except DomainError as e:
@@ -269,7 +383,7 @@ class Daemon:
     def _undecodable(self, payload: bytes, e: Exception) -> Error:
         try:
             v = self.version_probe.decode(payload).v
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             v = protocol.PROTOCOL_VERSION
         if v != protocol.PROTOCOL_VERSION:
             return _version_error(v)
@@ -347,7 +461,9 @@ class Daemon:
 
     def on_heartbeat_batch(self, req: protocol.HeartbeatBatch, now: float, _c: bool) -> Any:
         if len(req.items) > self.cfg.max_batch:
-            raise _bad(f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch}")
+            raise _bad(
+                f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch} (max_batch)"
+            )
         errors = []
         hb = self.state.heartbeat
         for beat in req.items:
@@ -442,6 +558,15 @@ class Daemon:
 
 
 _NO_REPLY: Any = object()
+
+
+def _limits(cfg: Config) -> Limits:
+    return Limits(
+        max_items=cfg.max_items,
+        max_agents=cfg.max_agents,
+        max_id_len=cfg.max_id_len,
+        max_description_len=cfg.max_description_len,
+    )
 
 
 def _bad(message: str) -> DomainError:
