@@ -102,6 +102,7 @@ class Daemon:
     def start(self) -> None:
         """Lock the state directory, bind every socket. Raises StartupError."""
         cfg = self.cfg
+        self._check_control_only()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         run_dir = Path(cfg.run_dir)
@@ -131,6 +132,13 @@ class Daemon:
             stale_threshold=cfg.stale_threshold,
             recovery=cfg.recovery,
         )
+
+    def _check_control_only(self) -> None:
+        # A CONTROL_ONLY entry that is not a served request protects nothing: most
+        # likely a typo or a request added to one list and not the other.
+        unknown = [t.__name__ for t in CONTROL_ONLY if t not in self.handlers]
+        if unknown:
+            raise StartupError(f"CONTROL_ONLY lists requests with no handler: {unknown}")
 
     def _lock_state_dir(self) -> None:
         # ZeroMQ's ipc bind replaces an existing socket file, so a second daemon on the
