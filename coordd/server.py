@@ -322,8 +322,10 @@ class Daemon:
                 return
             try:
                 self._handle(sock, frames, now, from_control, client_key)
-            except Exception:  # a bug; one bad message must not stop the loop
+            except Exception as e:  # a bug; one bad message must not stop the loop
                 log.exception("handle_failed", frames=len(frames))
+                if len(frames) > 1:
+                    self._reply(sock, frames[:-1], Error(code="internal", message=repr(e)))
 
     def _recv_with_key(self, sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
         """Frames and the CURVE public key (Z85) ZAP gave the sender's connection."""
@@ -347,7 +349,8 @@ class Daemon:
             return  # nothing to route a reply to; cannot happen on a ROUTER
         try:
             req = self.codec.request_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            # msgspec raises UnicodeDecodeError (not DecodeError) for a str that is not UTF-8.
             self._reply(sock, envelope, self._undecodable(payload, e))
             return
         except RecursionError:
@@ -391,11 +394,12 @@ class Daemon:
     def _undecodable(self, payload: bytes, e: Exception) -> Error:
         try:
             v = self.version_probe.decode(payload).v
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             v = protocol.PROTOCOL_VERSION
         if v != protocol.PROTOCOL_VERSION:
             return _version_error(v)
-        return Error(code="bad_request", message=f"malformed request: {e}")
+        # Cut the decoder's words: they may quote a huge value back at its sender.
+        return Error(code="bad_request", message=f"malformed request: {str(e)[:300]}")
 
     def _refused(self, req: Any, e: DomainError) -> None:
         if e.code in ("lease_lost", "not_owner"):
