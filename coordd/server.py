@@ -78,7 +78,8 @@ class Daemon:
         self.health = "ok"
         self.degraded_reason = ""
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
-        self.keyring: keys.KeyRing | None = None  # set when the agent endpoint uses CURVE
+        self.keyring: keys.KeyRing | None = None  # set when a tcp endpoint uses CURVE
+        self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
         self.zap_sock: zmq.Socket[bytes] | None = None
         self._hup = False
         self.handlers: dict[type, Callable[[Any, float, bool], Any]] = {
@@ -110,10 +111,15 @@ class Daemon:
         os.chmod(run_dir, 0o750)
         self.state.not_before = self.clock()
         self._setup_curve()
-        self.agent_sock = self._bind(zmq.ROUTER, cfg.agent_endpoint, self.keyring)
+        self.agent_keyed = self._ring_for(cfg.agent_endpoint) is not None
+        self.agent_sock = self._bind(
+            zmq.ROUTER, cfg.agent_endpoint, self._ring_for(cfg.agent_endpoint)
+        )
         self.control_sock = self._bind(zmq.ROUTER, "ipc://" + cfg.control_socket)
         self._secure_control_socket()
-        self.events_sock = self._bind(zmq.PUB, cfg.events_endpoint)
+        self.events_sock = self._bind(
+            zmq.PUB, cfg.events_endpoint, self._ring_for(cfg.events_endpoint)
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -192,13 +198,21 @@ class Daemon:
     def _setup_curve(self) -> None:
         """Load the CURVE keys and answer ZAP when the agent endpoint needs them."""
         cfg = self.cfg
-        if not keys.curve_wanted(cfg.agent_endpoint, cfg.require_curve):
+        wanted = [
+            f"{key} {endpoint}"
+            for key, endpoint in (
+                ("agent_endpoint", cfg.agent_endpoint),
+                ("events_endpoint", cfg.events_endpoint),
+            )
+            if keys.curve_wanted(endpoint, cfg.require_curve)
+        ]
+        if not wanted:
             return
         if not cfg.curve_dir:
             raise StartupError(
-                f"agent_endpoint {cfg.agent_endpoint} is tcp:// beyond loopback (or"
-                " require_curve is set): set curve_dir to a key directory made by"
-                " `coordctl keys generate` (see README, Security)"
+                f"{' and '.join(wanted)}: tcp:// beyond loopback (or require_curve) needs"
+                " CURVE: set curve_dir to a key directory made by `coordctl keys generate`"
+                " (see README, Security)"
             )
         try:
             self.keyring = keys.load(cfg.curve_dir)
@@ -210,6 +224,11 @@ class Daemon:
         zap.bind(keys.ZAP_ENDPOINT)
         self.zap_sock = zap
         log.info("curve_enabled", curve_dir=cfg.curve_dir, allowed=len(self.keyring.allowed))
+
+    def _ring_for(self, endpoint: str) -> keys.KeyRing | None:
+        if keys.curve_wanted(endpoint, self.cfg.require_curve):
+            return self.keyring
+        return None
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         self._stop = True
@@ -310,7 +329,7 @@ class Daemon:
             pass
 
     def _drain(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
-        with_key = self.keyring is not None and sock is self.agent_sock
+        with_key = self.agent_keyed and sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
             client_key = None
             try:
@@ -370,7 +389,7 @@ class Daemon:
                 ),
             )
             return
-        if self.keyring is not None and not from_control:
+        if self.keyring is not None and self.agent_keyed and not from_control:
             refusal = keys.identity_refusal(
                 self.keyring, client_key or "", getattr(req, "agent_id", None)
             )

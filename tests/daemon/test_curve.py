@@ -169,3 +169,48 @@ def test_loopback_tcp_without_keys_is_plain(coordd_factory: Any) -> None:
     sock.connect(endpoint)
     assert isinstance(d.request(sock, protocol.Register(agent_id="a1")), protocol.Ok)
     sock.close()
+
+
+def test_events_over_tcp_need_an_allowed_key_too(coordd_factory: Any) -> None:
+    events = f"tcp://127.0.0.1:{_free_port()}"
+    d = coordd_factory(
+        {"events_endpoint": events, "require_curve": True, "curve_dir": "keys"}, start=False
+    )
+    Curved.ok(d.ctl("keys", "generate"))
+    Curved.ok(d.ctl("keys", "generate", "--agent", "dash", "--out", "ak"))
+    Curved.ok(d.ctl("keys", "allow", "dash", "ak/dash.key"))
+    d.start()
+    subs = {}
+    for name in ("dash", None):
+        sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVTIMEO, 700)
+        if name:
+            public, secret = zmq.auth.load_certificate(d.base / "ak" / "dash.key_secret")
+            sub.curve_publickey, sub.curve_secretkey = public, secret or b""
+            sub.curve_serverkey = zmq.auth.load_certificate(d.base / "keys" / "server.key")[0]
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(events)
+        subs[name] = sub
+    # The ipc agent endpoint is unchanged: no key needed there.
+    agent = d.agent()
+    deadline = time.monotonic() + 5
+    got: list[bytes] = []
+    while not got and time.monotonic() < deadline:  # PUB drops until the SUB has joined
+        d.request(agent, protocol.Add(work_type="t", description="d"))
+        try:
+            got = subs["dash"].recv_multipart()
+        except zmq.Again:
+            pass
+    assert got and got[0] == b"added"
+    with pytest.raises(zmq.Again):
+        subs[None].recv_multipart()
+    for s in (*subs.values(), agent):
+        s.close()
+
+
+def test_events_over_tcp_beyond_loopback_refuse_to_start_bare(coordd_factory: Any) -> None:
+    d = coordd_factory({"events_endpoint": f"tcp://0.0.0.0:{_free_port()}"}, start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(15) != 0
+    assert "events_endpoint" in d.log() and "curve_dir" in d.log()

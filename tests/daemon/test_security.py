@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from coordd import protocol, server
 from tests.conftest import BIN, CoorddProcess
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="switching users needs root and setpriv (util-linux)",
+)
 
 
 def _raw(d: CoorddProcess, payload: bytes | list[bytes], control: bool = False) -> Any:
