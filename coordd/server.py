@@ -196,7 +196,7 @@ class Daemon:
             os.chown(self.cfg.run_dir, -1, gid)
 
     def _setup_curve(self) -> None:
-        """Load the CURVE keys and answer ZAP when the agent endpoint needs them."""
+        """Load the CURVE keys and answer ZAP when a tcp:// endpoint needs them."""
         cfg = self.cfg
         wanted = [
             f"{key} {endpoint}"
