@@ -434,3 +434,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
         )
 
     emit(as_json, call(ctx, protocol.Status()), human)
+
+
+# Command groups kept in their own modules register themselves on ``main``.
+from coordctl import keys_cmds  # noqa: E402, F401

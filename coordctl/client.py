@@ -47,16 +47,27 @@ class Client:
     def _hint(self) -> str:
         return f"is `coordd run` running with the same COORDINATION_DIR (cwd {os.getcwd()})?"
 
+    def _denied(self) -> str:
+        return (
+            f"permission denied on {self.path}; the control socket is for root and"
+            " the coordd group (see README, Security)"
+        )
+
     def _connect(self) -> zmq.Socket[bytes]:
         if self._sock is not None:
             return self._sock
-        if not os.path.exists(self.path):
-            raise Unreachable(f"coordd is not running at {self.path} (no socket); {self._hint()}")
-        if not os.access(self.path, os.R_OK | os.W_OK):
+        try:
+            os.stat(self.path)
+        except PermissionError:
+            # The 0750 run directory keeps out anyone outside the group: say so, rather
+            # than "not running", which would send the operator looking elsewhere.
+            raise Unreachable(self._denied()) from None
+        except FileNotFoundError:
             raise Unreachable(
-                f"permission denied on {self.path}; the control socket is for root and"
-                " the coordd group (see README, Security)"
-            )
+                f"coordd is not running at {self.path} (no socket); {self._hint()}"
+            ) from None
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            raise Unreachable(self._denied())
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from coordd import protocol
 from coordd.freshness import Policy, TypeRule, validate_policy
 
 # The old script's names for our keys.
@@ -48,6 +49,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     control_socket: str = ""  # default: <run_dir>/control.sock
     events_endpoint: str = ""  # default: ipc://<run_dir>/events.sock
     control_group: str = ""  # group given the control socket (e.g. "coordd"); "" keeps ours
+    curve_dir: str = ""  # CURVE keys for a tcp:// agent endpoint (server.key*, allowed/)
+    require_curve: bool = False  # CURVE even on a loopback tcp:// endpoint
     # freshness
     stale_threshold: float = 300.0
     heartbeat_interval: float = 60.0
@@ -66,6 +69,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_agents: int = 100_000
     max_message_bytes: int = 1_048_576
     max_batch: int = 10_000
+    max_id_len: int = protocol.MAX_ID_LEN
+    max_description_len: int = protocol.MAX_TEXT_LEN
     # AI
     ai_provider: str = "ollama"
     ollama_host: str = "http://localhost:11434"
@@ -179,6 +184,12 @@ def _positive(problems: list[str], key: str, value: float) -> None:
         problems.append(f"{key} must be > 0, got {value}")
 
 
+def _at_most(problems: list[str], key: str, value: int, ceiling: int) -> None:
+    # The protocol's own limit is enforced by the decoder; a config can only tighten it.
+    if value > ceiling:
+        problems.append(f"{key} must be <= {ceiling} (the protocol's limit), got {value}")
+
+
 def validate(cfg: Config) -> list[str]:
     problems = validate_policy(cfg.policy())
     _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
@@ -195,8 +206,13 @@ def validate(cfg: Config) -> list[str]:
         "max_agents",
         "max_message_bytes",
         "max_batch",
+        "max_id_len",
+        "max_description_len",
     ):
         _positive(problems, key, getattr(cfg, key))
+    _at_most(problems, "max_id_len", cfg.max_id_len, protocol.MAX_ID_LEN)
+    _at_most(problems, "max_description_len", cfg.max_description_len, protocol.MAX_TEXT_LEN)
+    _at_most(problems, "max_batch", cfg.max_batch, protocol.MAX_BATCH_ITEMS)
     if not cfg.coordination_dir:
         problems.append("coordination_dir must not be empty")
     sock = cfg.control_socket or str(

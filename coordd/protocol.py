@@ -8,15 +8,34 @@ that speaks another version answers ``Error(code="version_mismatch")``.
 Unknown fields in a request are ignored (msgspec's default), so a newer client can
 add optional fields without breaking an older daemon; a missing required field or a
 wrong type is ``bad_request``.
+
+Every string field has a length limit and every number a range, declared on the
+field (``Id``, ``Text``, ``Percent``...) so the decoder refuses an oversized or
+out-of-range request at the edge, before any handler runs, with a message naming
+the field and the limit (``Expected `str` of length <= 200 - at `$.agent_id```).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 PROTOCOL_VERSION = 1
+
+# Wire limits. They bound what one request can make coordd hold (an id is copied into
+# indexes, a description is kept and journaled), so a client cannot grow memory or the
+# journal with one field. The operator's tighter limits (max_id_len,
+# max_description_len, max_batch) are configured and checked past the edge.
+MAX_ID_LEN = 200  # ids and short names: agent_id, work_item_id, work_type, team, stage
+MAX_TEXT_LEN = 10_000  # free text: description, result
+MAX_BATCH_ITEMS = 100_000  # items of one HeartbeatBatch (config max_batch may be lower)
+
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LEN)]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 Priority = Literal["low", "medium", "high", "critical"]
 Strategy = Literal["reassign", "retry", "fail", "none"]
@@ -31,7 +50,8 @@ ERROR_CODES: dict[str, str] = {
     "not_owner": "the item is held by another agent",
     "conflict": "the request contradicts the item's state (e.g. id exists, item not pending)",
     "nothing_pending": "claim-next found no pending item matching the filters",
-    "not_allowed": "the operation is accepted only on the control socket",
+    "not_allowed": "not for this caller: an operator-only request on the agent endpoint,"
+    " or an agent id the client's CURVE key was not allowed for",
     "limit_reached": "a configured limit (items, agents) would be exceeded",
     "unavailable": "the daemon cannot do this right now (e.g. AI provider down)",
     "internal": "an unexpected error inside coordd (a bug; see the logs)",
@@ -50,35 +70,38 @@ class Request(msgspec.Struct, tag_field="op", kw_only=True, omit_defaults=True):
 class Register(Request, tag="register"):
     """Register (or update) an agent: ``coordctl register``."""
 
-    agent_id: str
-    team: str = ""
-    capacity: int = 100
-    specialization: str = ""
+    agent_id: Id
+    team: Id = ""
+    capacity: Count = 100
+    specialization: Id = ""
 
 
 class Heartbeat(Request, tag="heartbeat"):
     """Agent-level heartbeat (no ``work_item_id``: refreshes the agent and all its items)
     or item-level heartbeat. One-way unless ``ack`` is set or something is wrong."""
 
-    agent_id: str
-    work_item_id: str | None = None
+    agent_id: Id
+    work_item_id: Id | None = None
     lease: int | None = None
-    progress: int | None = None
+    progress: Percent | None = None
     ack: bool = False
 
 
 class ItemBeat(msgspec.Struct, array_like=True):
     """One item of a ``HeartbeatBatch``: ``[work_item_id, lease]`` (compact on the wire)."""
 
-    work_item_id: str
+    work_item_id: Id
     lease: int | None = None
+
+
+Beats = Annotated[list[ItemBeat], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
 
 
 class HeartbeatBatch(Request, tag="heartbeat_batch"):
     """Heartbeats for many items of one agent in one message."""
 
-    agent_id: str
-    items: list[ItemBeat] = []
+    agent_id: Id
+    items: Beats = []
     ack: bool = False
 
 
@@ -88,60 +111,60 @@ class HeartbeatBatch(Request, tag="heartbeat_batch"):
 class Add(Request, tag="add"):
     """Put a pending item in the backlog: ``coordctl add``."""
 
-    work_type: str
-    description: str
+    work_type: Id
+    description: Text
     priority: Priority = "medium"
-    team: str = ""
-    work_item_id: str | None = None
-    stale_after: float | None = None
+    team: Id = ""
+    work_item_id: Id | None = None
+    stale_after: Seconds | None = None
 
 
 class Claim(Request, tag="claim"):
     """Create an item and claim it at once (the old script's ``claim``)."""
 
-    agent_id: str
-    work_type: str
-    description: str
+    agent_id: Id
+    work_type: Id
+    description: Text
     priority: Priority = "medium"
-    team: str = ""
-    work_item_id: str | None = None
-    stale_after: float | None = None
+    team: Id = ""
+    work_item_id: Id | None = None
+    stale_after: Seconds | None = None
 
 
 class ClaimNext(Request, tag="claim_next"):
     """Take the most urgent pending item (or the one named by ``work_item_id``)."""
 
-    agent_id: str
-    work_type: str | None = None
-    team: str | None = None
-    work_item_id: str | None = None
+    agent_id: Id
+    work_type: Id | None = None
+    team: Id | None = None
+    work_item_id: Id | None = None
 
 
 class Progress(Request, tag="progress"):
     """Report progress (0-100) on an item the caller holds."""
 
-    work_item_id: str
-    progress: int
-    agent_id: str | None = None
+    work_item_id: Id
+    progress: Percent
+    agent_id: Id | None = None
     lease: int | None = None
-    status: str | None = None
+    status: Id | None = None
 
 
 class Complete(Request, tag="complete"):
     """Finish an item with a result and velocity points."""
 
-    work_item_id: str
-    agent_id: str | None = None
+    work_item_id: Id
+    agent_id: Id | None = None
     lease: int | None = None
-    result: str = "success"
-    velocity: int = 0
+    result: Text = "success"
+    velocity: Count = 0
 
 
 class Release(Request, tag="release"):
     """Give an item back to the backlog (status ``pending``)."""
 
-    work_item_id: str
-    agent_id: str | None = None
+    work_item_id: Id
+    agent_id: Id | None = None
     lease: int | None = None
 
 
@@ -151,15 +174,15 @@ class Release(Request, tag="release"):
 class List(Request, tag="list"):
     """Items, filtered; newest first is not promised, id order is."""
 
-    status: str | None = None
-    team: str | None = None
-    agent_id: str | None = None
-    work_type: str | None = None
-    limit: int = 1000
+    status: Id | None = None
+    team: Id | None = None
+    agent_id: Id | None = None
+    work_type: Id | None = None
+    limit: Count = 1000
 
 
 class Show(Request, tag="show"):
-    work_item_id: str
+    work_item_id: Id
 
 
 class Agents(Request, tag="agents"):

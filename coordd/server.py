@@ -26,7 +26,7 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, freshness, protocol
+from coordd import __version__, freshness, keys, protocol
 from coordd.config import Config
 from coordd.protocol import Error, Ok
 from coordd.state import DomainError, Limits, State
@@ -35,7 +35,11 @@ log = structlog.get_logger("coordd")
 
 Clock = Callable[[], float]
 
-# Requests an agent on the agent endpoint may not send (operators only).
+# Requests an agent on the agent endpoint may not send (operators only): add the
+# request's Struct class here when you add an admin request (Snapshot, RecoverStale,
+# Import, Reload, the AI analyses...). ``_handle`` checks it after decoding and before
+# any handler, so a handler never needs its own check; tests/daemon/test_security.py
+# asserts that every listed type is refused on the agent endpoint.
 CONTROL_ONLY: frozenset[type] = frozenset()
 
 
@@ -63,7 +67,7 @@ class Daemon:
     def __init__(self, cfg: Config, clock: Clock = time.time, journal: Any = None) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
+        self.state = State(cfg.policy(), _limits(cfg))
         self.journal = journal or NullJournal()
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
@@ -74,6 +78,10 @@ class Daemon:
         self.health = "ok"
         self.degraded_reason = ""
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
+        self.keyring: keys.KeyRing | None = None  # set when a tcp endpoint uses CURVE
+        self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
+        self.zap_sock: zmq.Socket[bytes] | None = None
+        self._hup = False
         self.handlers: dict[type, Callable[[Any, float, bool], Any]] = {
             protocol.Register: self.on_register,
             protocol.Heartbeat: self.on_heartbeat,
@@ -95,22 +103,30 @@ class Daemon:
     def start(self) -> None:
         """Lock the state directory, bind every socket. Raises StartupError."""
         cfg = self.cfg
+        self._check_control_only()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o750)
         self.state.not_before = self.clock()
-        self.agent_sock = self._bind(zmq.ROUTER, cfg.agent_endpoint)
+        self._setup_curve()
+        self.agent_keyed = self._ring_for(cfg.agent_endpoint) is not None
+        self.agent_sock = self._bind(
+            zmq.ROUTER, cfg.agent_endpoint, self._ring_for(cfg.agent_endpoint)
+        )
         self.control_sock = self._bind(zmq.ROUTER, "ipc://" + cfg.control_socket)
         self._secure_control_socket()
-        self.events_sock = self._bind(zmq.PUB, cfg.events_endpoint)
+        self.events_sock = self._bind(
+            zmq.PUB, cfg.events_endpoint, self._ring_for(cfg.events_endpoint)
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup_signal)
         log.info(
             "started",
             version=__version__,
@@ -122,6 +138,13 @@ class Daemon:
             stale_threshold=cfg.stale_threshold,
             recovery=cfg.recovery,
         )
+
+    def _check_control_only(self) -> None:
+        # A CONTROL_ONLY entry that is not a served request protects nothing: most
+        # likely a typo or a request added to one list and not the other.
+        unknown = [t.__name__ for t in CONTROL_ONLY if t not in self.handlers]
+        if unknown:
+            raise StartupError(f"CONTROL_ONLY lists requests with no handler: {unknown}")
 
     def _lock_state_dir(self) -> None:
         # ZeroMQ's ipc bind replaces an existing socket file, so a second daemon on the
@@ -141,9 +164,13 @@ class Daemon:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind(
+        self, kind: int, endpoint: str, ring: keys.KeyRing | None = None
+    ) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 1000)
+        if ring is not None:
+            keys.secure_server(sock, ring)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
             # A reply to a peer that vanished is dropped, not an error.
@@ -168,8 +195,82 @@ class Daemon:
             os.chown(path, -1, gid)
             os.chown(self.cfg.run_dir, -1, gid)
 
+    def _setup_curve(self) -> None:
+        """Load the CURVE keys and answer ZAP when a tcp:// endpoint needs them."""
+        cfg = self.cfg
+        wanted = [
+            f"{key} {endpoint}"
+            for key, endpoint in (
+                ("agent_endpoint", cfg.agent_endpoint),
+                ("events_endpoint", cfg.events_endpoint),
+            )
+            if keys.curve_wanted(endpoint, cfg.require_curve)
+        ]
+        if not wanted:
+            return
+        if not cfg.curve_dir:
+            raise StartupError(
+                f"{' and '.join(wanted)}: tcp:// beyond loopback (or require_curve) needs"
+                " CURVE: set curve_dir to a key directory made by `coordctl keys generate`"
+                " (see README, Security)"
+            )
+        try:
+            self.keyring = keys.load(cfg.curve_dir)
+        except keys.KeysError as e:
+            raise StartupError(str(e)) from None
+        # The ZAP handler must exist before the CURVE socket accepts a connection.
+        zap: zmq.Socket[bytes] = self.ctx.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind(keys.ZAP_ENDPOINT)
+        self.zap_sock = zap
+        log.info("curve_enabled", curve_dir=cfg.curve_dir, allowed=len(self.keyring.allowed))
+
+    def _ring_for(self, endpoint: str) -> keys.KeyRing | None:
+        if keys.curve_wanted(endpoint, self.cfg.require_curve):
+            return self.keyring
+        return None
+
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         self._stop = True
+
+    def _on_hup_signal(self, signum: int, _frame: Any) -> None:
+        # Only a flag: the work happens on the loop, woken by the wakeup fd.
+        self._hup = True
+
+    def _on_hup(self) -> None:
+        """SIGHUP: reload what can change without a restart."""
+        self._hup = False
+        self.reload_keys()
+
+    def reload_keys(self) -> None:
+        """Re-read ``allowed/``; on error keep the old list (a typo must not lock all out)."""
+        if self.keyring is None:
+            return
+        try:
+            allowed = keys.load_allowed(self.cfg.curve_dir)
+        except keys.KeysError as e:
+            log.error("keys_reload_failed", error=str(e))
+            return
+        self.keyring = msgspec.structs.replace(self.keyring, allowed=allowed)
+        log.info("keys_reloaded", allowed=len(allowed))
+
+    def _serve_zap(self) -> None:
+        """Answer the ZAP requests waiting (one CURVE handshake each)."""
+        assert self.zap_sock is not None and self.keyring is not None
+        while True:
+            try:
+                frames = self.zap_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            decision = keys.zap_decide(self.keyring, frames)
+            if not decision.allowed:
+                log.warning(
+                    "curve_refused",
+                    address=decision.address,
+                    client_key=decision.client_key,
+                    reason=decision.reason,
+                )
+            self.zap_sock.send_multipart(decision.reply or [b"1.0", b"", b"500", b"", b"", b""])
 
     def close(self) -> None:
         # Only what this process bound: a daemon refused at start must not remove
@@ -179,7 +280,7 @@ class Daemon:
                 os.unlink(self.cfg.control_socket)
             except FileNotFoundError:
                 pass
-        for name in ("agent_sock", "control_sock", "events_sock"):
+        for name in ("agent_sock", "control_sock", "events_sock", "zap_sock"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=500)
@@ -197,6 +298,8 @@ class Daemon:
         poller.register(self.agent_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        if self.zap_sock is not None:
+            poller.register(self.zap_sock, zmq.POLLIN)
         next_tick = self.clock() + self.cfg.tick_interval
         while not self._stop:
             timeout_ms = max(0, int((next_tick - self.clock()) * 1000))
@@ -208,6 +311,10 @@ class Daemon:
                 self._drain(self.control_sock, now, from_control=True)
             if self._wake_r.fileno() in ready:
                 self._clear_wakeup()
+            if self.zap_sock is not None and self.zap_sock in ready:
+                self._serve_zap()
+            if self._hup:
+                self._on_hup()
             if now >= next_tick:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
@@ -222,23 +329,52 @@ class Daemon:
             pass
 
     def _drain(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
+        with_key = self.agent_keyed and sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
+            client_key = None
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if with_key:
+                    frames, client_key = self._recv_with_key(sock)
+                else:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._handle(sock, frames, now, from_control)
+            try:
+                self._handle(sock, frames, now, from_control, client_key)
+            except Exception as e:  # a bug; one bad message must not stop the loop
+                log.exception("handle_failed", frames=len(frames))
+                if len(frames) > 1:
+                    self._reply(sock, frames[:-1], Error(code="internal", message=repr(e)))
+
+    def _recv_with_key(self, sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
+        """Frames and the CURVE public key (Z85) ZAP gave the sender's connection."""
+        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        try:
+            client_key = parts[-1].get("User-Id")
+        except zmq.ZMQError:
+            client_key = None
+        return [p.bytes for p in parts], str(client_key) if client_key else None
 
     def _handle(
-        self, sock: zmq.Socket[bytes], frames: list[bytes], now: float, from_control: bool
+        self,
+        sock: zmq.Socket[bytes],
+        frames: list[bytes],
+        now: float,
+        from_control: bool,
+        client_key: str | None = None,
     ) -> None:
         envelope, payload = frames[:-1], frames[-1]
         if not envelope:
             return  # nothing to route a reply to; cannot happen on a ROUTER
         try:
             req = self.codec.request_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            # msgspec raises UnicodeDecodeError (not DecodeError) for a str that is not UTF-8.
             self._reply(sock, envelope, self._undecodable(payload, e))
+            return
+        except RecursionError:
+            # Deeply nested msgpack (in an ignored field, say): refuse, do not die.
+            self._reply(sock, envelope, Error(code="bad_request", message="nesting too deep"))
             return
         if req.v != protocol.PROTOCOL_VERSION:
             self._reply(sock, envelope, _version_error(req.v))
@@ -253,6 +389,14 @@ class Daemon:
                 ),
             )
             return
+        if self.keyring is not None and self.agent_keyed and not from_control:
+            refusal = keys.identity_refusal(
+                self.keyring, client_key or "", getattr(req, "agent_id", None)
+            )
+            if refusal is not None:
+                log.warning("identity_refused", agent_id=getattr(req, "agent_id", None))
+                self._reply(sock, envelope, Error(code="not_allowed", message=refusal))
+                return
         try:
             data = self.handlers[type(req)](req, now, from_control)
         except DomainError as e:
@@ -269,11 +413,12 @@ class Daemon:
     def _undecodable(self, payload: bytes, e: Exception) -> Error:
         try:
             v = self.version_probe.decode(payload).v
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             v = protocol.PROTOCOL_VERSION
         if v != protocol.PROTOCOL_VERSION:
             return _version_error(v)
-        return Error(code="bad_request", message=f"malformed request: {e}")
+        # Cut the decoder's words: they may quote a huge value back at its sender.
+        return Error(code="bad_request", message=f"malformed request: {str(e)[:300]}")
 
     def _refused(self, req: Any, e: DomainError) -> None:
         if e.code in ("lease_lost", "not_owner"):
@@ -347,7 +492,9 @@ class Daemon:
 
     def on_heartbeat_batch(self, req: protocol.HeartbeatBatch, now: float, _c: bool) -> Any:
         if len(req.items) > self.cfg.max_batch:
-            raise _bad(f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch}")
+            raise _bad(
+                f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch} (max_batch)"
+            )
         errors = []
         hb = self.state.heartbeat
         for beat in req.items:
@@ -442,6 +589,15 @@ class Daemon:
 
 
 _NO_REPLY: Any = object()
+
+
+def _limits(cfg: Config) -> Limits:
+    return Limits(
+        max_items=cfg.max_items,
+        max_agents=cfg.max_agents,
+        max_id_len=cfg.max_id_len,
+        max_description_len=cfg.max_description_len,
+    )
 
 
 def _bad(message: str) -> DomainError:

@@ -218,9 +218,9 @@ class State:
             ns += 1
         return f"{prefix}_{ns}"
 
-    def _check_text(self, name: str, value: str, limit: int) -> None:
+    def _check_text(self, name: str, value: str, limit: int, key: str) -> None:
         if len(value) > limit:
-            raise BadRequest(f"{name} is {len(value)} characters; the limit is {limit}")
+            raise BadRequest(f"{name} is {len(value)} characters; the limit is {limit} ({key})")
 
     def _check_new_item(self, work_item_id: str | None, description: str) -> None:
         if len(self.items) >= self.limits.max_items:
@@ -228,10 +228,12 @@ class State:
         if work_item_id is not None:
             if not work_item_id:
                 raise BadRequest("work_item_id must not be empty")
-            self._check_text("work_item_id", work_item_id, self.limits.max_id_len)
+            self._check_text("work_item_id", work_item_id, self.limits.max_id_len, "max_id_len")
             if work_item_id in self.items:
                 raise Conflict(f"work item {work_item_id} already exists")
-        self._check_text("description", description, self.limits.max_description_len)
+        self._check_text(
+            "description", description, self.limits.max_description_len, "max_description_len"
+        )
 
     def get(self, work_item_id: str) -> WorkItem:
         item = self.items.get(work_item_id)
@@ -252,7 +254,7 @@ class State:
             return agent
         if not agent_id:
             raise BadRequest("agent_id must not be empty")
-        self._check_text("agent_id", agent_id, self.limits.max_id_len)
+        self._check_text("agent_id", agent_id, self.limits.max_id_len, "max_id_len")
         if len(self.agents) >= self.limits.max_agents:
             raise LimitReached(f"coordd holds {len(self.agents)} agents (max_agents)")
         agent = Agent(agent_id=agent_id, team=team, registered_at=now, last_heartbeat=now)
