@@ -434,3 +434,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
         )
 
     emit(as_json, call(ctx, protocol.Status()), human)
+
+
+# Command modules register themselves on ``main`` when imported.
+from coordctl import ai_cmds  # noqa: E402,F401
