@@ -38,11 +38,14 @@ def ai_ctx(ctx: Ctx) -> Ctx:
 def run_analysis(ctx: Ctx, req: protocol.Request, as_json: bool, human: Any) -> None:
     """Call, render, and exit 1 when the analysis failed."""
     result = call(ai_ctx(ctx), req)
-    emit(as_json, result, lambda r: _header(r) + "\n" + (human(r["result"]) if r["ok"] else ""))
+    if as_json:
+        emit(True, result, str)
+    elif result["ok"]:
+        click.echo(_header(result) + "\n" + human(result["result"]))
     if not result["ok"]:
-        if not as_json:
-            fail(_failure_line(result), EXIT_REFUSED)
-        sys.exit(EXIT_REFUSED)
+        if as_json:
+            sys.exit(EXIT_REFUSED)
+        fail(_failure_line(result), EXIT_REFUSED)
 
 
 def _header(r: dict[str, Any]) -> str:

@@ -86,9 +86,7 @@ class AiWorker:
         self._futures: dict[int, Future[None]] = {}
         self._loop = asyncio.new_event_loop()
         self._router: Router | None = None
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="coordd-ai", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="coordd-ai", daemon=True)
         self._thread.start()
 
     @property
@@ -125,6 +123,13 @@ class AiWorker:
         self._thread.join(timeout)
 
     # --- inside the worker thread -----------------------------------------------------
+
+    def _serve(self) -> None:
+        # The SDK takes about a second to import: pay it here, before any job's deadline
+        # starts, and not on the daemon's loop.
+        if self.settings.provider != "ollama":
+            import anthropic  # noqa: F401
+        self._loop.run_forever()
 
     def router(self) -> Router:
         if self._router is None:  # built on the worker's loop, where its clients live
