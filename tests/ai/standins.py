@@ -105,6 +105,7 @@ class Ollama(StandIn):
 
     def __init__(self, models: tuple[str, ...] = ("llama2:latest",)) -> None:
         self.models = list(models)
+        self.schema_format = True  # False: an Ollama older than 0.5 (format "json" only)
         super().__init__()
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
@@ -119,6 +120,9 @@ class Ollama(StandIn):
             if model not in self.models and f"{model}:latest" not in self.models:
                 err = {"error": f'model "{model}" not found, try pulling it first'}
                 return 404, json.dumps(err).encode()
+            if isinstance(body.get("format"), dict) and not self.schema_format:
+                err = {"error": 'invalid format: expected "json" or a JSON schema'}
+                return 400, json.dumps(err).encode()
             return self.answer(self.next_answer(), model)
         return 404, b"404 page not found"
 

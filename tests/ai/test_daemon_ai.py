@@ -125,7 +125,6 @@ def test_claim_recommendation_for_claim_enhanced(coordd_factory: Any, ollama: Ol
     assert apply_claim_recommendation(rec, "high", respect_ai=True) == ("low", False)
     assert apply_claim_recommendation(None, "high", respect_ai=True) == ("high", True)
 
-    down = Ctx(config.load(str(d.config_path), env={}, flags={"ollama_host": refused_url()}))
     d2 = coordd_factory({"ollama_host": refused_url(), "ai_timeout": 0.5})
     down = Ctx(config.load(str(d2.config_path), env={}))
     assert ai_claim_recommendation(down, "build", "x", "medium", "") is None

@@ -365,3 +365,51 @@ def test_probe_reports_reachability_and_models(ollama: Ollama, claude_api: Anthr
         "error": "not_configured",
         "detail": "no API key (set ANTHROPIC_API_KEY)",
     }
+
+
+def test_an_ollama_without_structured_outputs_is_asked_for_plain_json(ollama: Ollama) -> None:
+    ollama.schema_format = False
+    ollama.queue(("text", GOOD))
+    res = run(router("ollama", ollama))
+    assert res.ok and [c["body"]["format"] for c in ollama.chats()][1] == "json"
+
+
+def test_an_explicit_model_goes_to_the_provider_it_names() -> None:
+    r = router("auto", models={"priorities": "llama3"})
+    assert r.model_for("ollama", "priorities", None) == "llama3"
+    assert r.model_for("ollama", "free", None) == "llama2"
+    assert r.model_for("ollama", "free", "mistral") == "mistral"
+    assert r.model_for("claude", "free", "mistral") == "claude-sonnet-4-6"
+    assert r.model_for("claude", "free", "claude-opus-4-8") == "claude-opus-4-8"
+    assert r.model_for("ollama", "free", "claude-opus-4-8") == "llama2"
+
+
+def test_the_worker_answers_off_thread_and_enforces_the_job_deadline(
+    ollama: Ollama, claude_api: Anthropic
+) -> None:
+    import threading
+
+    from coordd.ai.worker import AiWorker, Job
+
+    # Ollama too slow (0.3 s), Claude misfits then is too slow on the retry (0.3 s):
+    # more than the job's 2 x 0.3 s, so the job is cancelled and says so.
+    ollama.queue(("slow", 2, ("text", GOOD)))
+    claude_api.queue(("text", "no json here"), ("slow", 2, ("text", GOOD)))
+    woken = threading.Event()
+    settings = Settings(
+        provider="auto",
+        ollama_host=ollama.url,
+        anthropic_api_key=Anthropic.API_KEY,
+        anthropic_base_url=claude_api.url,
+        timeout=0.3,
+    )
+    worker = AiWorker(settings, woken.set)
+    try:
+        worker.submit(1, Job(kind="priorities", view=VIEW), now=0.0)
+        assert worker.in_flight == 1 and worker.finished() == []
+        assert woken.wait(5)
+        [(token, result)] = worker.finished()
+        assert token == 1 and worker.in_flight == 0
+        assert result["ok"] is False and result["error"]["code"] == "timeout"
+    finally:
+        worker.close()
