@@ -19,52 +19,24 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, freshness, protocol
+from coordd import __version__, ai_edge, freshness, protocol
 from coordd.config import Config
 from coordd.protocol import Error, Ok
 from coordd.state import DomainError, Limits, State
-
-if TYPE_CHECKING:
-    from coordd.ai.worker import AiWorker, Job
 
 log = structlog.get_logger("coordd")
 
 Clock = Callable[[], float]
 
 # Requests an agent on the agent endpoint may not send (operators only).
-CONTROL_ONLY: frozenset[type] = frozenset(
-    {
-        protocol.AiPriorities,
-        protocol.AiOptimize,
-        protocol.AiAnalyze,
-        protocol.AiRecommendClaim,
-        protocol.AiStatus,
-    }
-)
-
-# AI analyses: at most this many at once (each holds a provider connection), and the
-# view they get is capped so a prompt stays within a small model's context.
-AI_MAX_JOBS = 8
-AI_VIEW_ITEMS = 200
-AI_VIEW_AGENTS = 200
-AI_FILES = {
-    "priorities": "ollama_priority_analysis.json",
-    "team_optimization": "ollama_team_optimization.json",
-}
-
-
-class Deferred(NamedTuple):
-    """A handler's answer that comes later: an AI job run off the loop."""
-
-    job: Job
+CONTROL_ONLY: frozenset[type] = frozenset(ai_edge.REQUESTS)
 
 
 class VersionProbe(msgspec.Struct):
@@ -102,9 +74,6 @@ class Daemon:
         self.health = "ok"
         self.degraded_reason = ""
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
-        self._ai: AiWorker | None = None
-        self._ai_seq = 0
-        self._ai_waiting: dict[int, tuple[zmq.Socket[bytes], list[bytes]]] = {}
         self.handlers: dict[type, Callable[[Any, float, bool], Any]] = {
             protocol.Register: self.on_register,
             protocol.Heartbeat: self.on_heartbeat,
@@ -119,12 +88,10 @@ class Daemon:
             protocol.Show: self.on_show,
             protocol.Agents: self.on_agents,
             protocol.Status: self.on_status,
-            protocol.AiPriorities: self.on_ai_priorities,
-            protocol.AiOptimize: self.on_ai_optimize,
-            protocol.AiAnalyze: self.on_ai_analyze,
-            protocol.AiRecommendClaim: self.on_ai_recommend_claim,
-            protocol.AiStatus: self.on_ai_status,
         }
+        # AI analyses run off the loop; the worker wakes us through the wake-up socket.
+        self.ai = ai_edge.AiEdge(cfg, self.state, self._wake_loop, self._reply)
+        self.handlers.update(self.ai.handlers())
 
     # --- start and stop ----------------------------------------------------------
 
@@ -221,8 +188,7 @@ class Daemon:
                 sock.close(linger=500)
                 setattr(self, name, None)
         self.journal.close()
-        if self._ai is not None:
-            self._ai.close()
+        self.ai.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -246,12 +212,19 @@ class Daemon:
                 self._drain(self.control_sock, now, from_control=True)
             if self._wake_r.fileno() in ready:
                 self._clear_wakeup()
-                self.drain_ai()
+                self.ai.drain()
             if now >= next_tick:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
             self._flush()
         log.info("stopping", reason="signal")
+
+    def _wake_loop(self) -> None:
+        """Called from another thread (the AI worker): make the poller return."""
+        try:
+            self._wake_w.send(b"a")
+        except OSError:
+            pass  # the buffer is full: the loop is waking up anyway
 
     def _clear_wakeup(self) -> None:
         try:
@@ -302,8 +275,8 @@ class Daemon:
             log.exception("handler_failed", op=type(req).__name__)
             self._reply(sock, envelope, Error(code="internal", message=f"internal error: {e}"))
             return
-        if isinstance(data, Deferred):
-            self.submit_ai(sock, envelope, data.job, now)
+        if isinstance(data, ai_edge.Deferred):
+            self.ai.submit(sock, envelope, data)
         elif data is not _NO_REPLY:
             self._reply(sock, envelope, Ok(data=data))
 
@@ -479,133 +452,8 @@ class Daemon:
             "events_endpoint": cfg.events_endpoint,
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
-            "ai": self._ai.counters() if self._ai is not None else {},
+            "ai": self.ai.counters(),
         }
-
-    # --- AI analyses: run by a worker thread, answered when done ----------------------
-
-    def _ai_worker(self) -> AiWorker:
-        if self._ai is None:  # imported on first use: a daemon without AI never pays
-            from coordd.ai.worker import AiWorker, Settings
-
-            cfg = self.cfg
-            settings = Settings(
-                provider=cfg.ai_provider,
-                ollama_host=cfg.ollama_host,
-                ollama_model=cfg.ollama_model,
-                claude_model=cfg.claude_model,
-                anthropic_api_key=cfg.anthropic_api_key,
-                anthropic_base_url=cfg.anthropic_base_url,
-                timeout=cfg.ai_timeout,
-                cache_ttl=cfg.ai_cache_ttl,
-                models=dict(cfg.ai_models),
-                save_dir=cfg.coordination_dir,
-            )
-            self._ai = AiWorker(settings, self._wake_loop)
-        return self._ai
-
-    def _wake_loop(self) -> None:
-        """Called from the AI thread: make the poller return."""
-        try:
-            self._wake_w.send(b"a")
-        except OSError:
-            pass  # the buffer is full: the loop is waking up anyway
-
-    def submit_ai(
-        self, sock: zmq.Socket[bytes], envelope: list[bytes], job: Job, now: float
-    ) -> None:
-        """Start an analysis; the reply goes to ``envelope`` when ``drain_ai`` sees it."""
-        worker = self._ai_worker()
-        if worker.in_flight >= AI_MAX_JOBS:
-            busy = f"{worker.in_flight} AI analyses are running; try again shortly"
-            self._reply(sock, envelope, Error(code="unavailable", message=busy))
-            return
-        self._ai_seq += 1
-        self._ai_waiting[self._ai_seq] = (sock, envelope)
-        worker.submit(self._ai_seq, job, now)
-
-    def drain_ai(self) -> None:
-        """Queue the replies of the analyses that finished."""
-        if self._ai is None:
-            return
-        for token, result in self._ai.finished():
-            sock, envelope = self._ai_waiting.pop(token)
-            self._reply(sock, envelope, Ok(data=result))
-
-    def _ai_job(self, kind: str, req: Any, params: dict[str, Any] | None = None) -> Deferred:
-        from coordd.ai.worker import Job
-
-        return Deferred(
-            Job(
-                kind=kind,
-                view=_ai_view(self.state),
-                params=params or {},
-                model=getattr(req, "model", None),
-                fresh=getattr(req, "fresh", False),
-                save_as=AI_FILES.get(kind),
-            )
-        )
-
-    def on_ai_priorities(self, req: protocol.AiPriorities, now: float, _c: bool) -> Any:
-        return self._ai_job("priorities", req)
-
-    def on_ai_optimize(self, req: protocol.AiOptimize, now: float, _c: bool) -> Any:
-        return self._ai_job("team_optimization", req)
-
-    def on_ai_analyze(self, req: protocol.AiAnalyze, now: float, _c: bool) -> Any:
-        return self._ai_job("free", req, {"prompt": req.prompt, "data": req.data})
-
-    def on_ai_recommend_claim(self, req: protocol.AiRecommendClaim, now: float, _c: bool) -> Any:
-        claim = {
-            "work_type": req.work_type,
-            "description": req.description,
-            "priority": req.priority,
-            "team": req.team,
-        }
-        return self._ai_job("claim_recommendation", req, {"claim": claim})
-
-    def on_ai_status(self, req: protocol.AiStatus, now: float, _c: bool) -> Any:
-        from coordd.ai.worker import Job
-
-        return Deferred(Job(kind="status"))
-
-
-def _ai_view(state: State) -> Any:
-    """A plain copy of the open work and the agents, for an analysis to read.
-
-    No timestamps: they change with every heartbeat and would defeat the answer cache.
-    """
-    from coordd.ai.analyses import View
-
-    open_items = (i for i in state.items.values() if i.status in ("pending", "active"))
-    items = [
-        {
-            "work_item_id": i.work_item_id,
-            "work_type": i.work_type,
-            "description": i.description[:300],
-            "priority": i.priority,
-            "team": i.team,
-            "status": i.status,
-            "agent_id": i.agent_id,
-            "progress": i.progress,
-            "stale": i.stale_since is not None,
-            "retry_count": i.retry_count,
-        }
-        for i in islice(open_items, AI_VIEW_ITEMS)
-    ]
-    agents = [
-        {
-            "agent_id": a.agent_id,
-            "team": a.team,
-            "specialization": a.specialization,
-            "capacity": a.capacity,
-            "workload": state.workload(a.agent_id),
-            "tasks_completed": a.tasks_completed,
-            "status": a.status,
-        }
-        for a in islice(state.agents.values(), AI_VIEW_AGENTS)
-    ]
-    return View(items=items, agents=agents)
 
 
 _NO_REPLY: Any = object()
