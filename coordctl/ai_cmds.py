@@ -27,7 +27,8 @@ MARGIN = 5.0  # seconds beyond the daemon's own deadline for the reply to travel
 
 
 def ai_timeout(ctx: Ctx) -> float:
-    return ctx.cfg.ai_timeout * 2 + MARGIN
+    """Long enough for the daemon's own deadline; a longer ``--timeout`` still wins."""
+    return max(ctx.cfg.client_timeout, ctx.cfg.ai_timeout * 2 + MARGIN)
 
 
 def ai_ctx(ctx: Ctx) -> Ctx:

@@ -176,3 +176,19 @@ def test_heartbeats_and_claims_do_not_wait_for_a_slow_analysis(
     assert result["ok"] and result["provider"] == "ollama" and result["elapsed"] >= 2.9
     control.close()
     agent.close()
+
+
+def test_stopping_cancels_a_running_analysis(coordd_factory: Any, ollama: Ollama) -> None:
+    d = coordd_factory({"ollama_host": ollama.url, "ai_timeout": 30})
+    ollama.queue(("slow", 20.0, ("text", answer([]))))
+    control: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    control.setsockopt(zmq.LINGER, 0)
+    control.connect("ipc://" + d.control_socket)
+    control.send(d.codec.encode(protocol.AiPriorities()))
+    deadline = time.monotonic() + 2
+    while not ollama.chats() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 5  # not the 20 s the model would take
+    control.close()
