@@ -258,29 +258,29 @@ def _data(label: str, data: Any) -> str:
     return f"{label}:\n{json.dumps(data, sort_keys=True, default=str)}"
 
 
-def priorities_prompt(view: View, params: dict[str, Any]) -> str:
-    return "\n\n".join(
-        [
-            "Rank the open work items by urgency (priority_score 1-100, 100 = do first),"
-            " name the bottlenecks (type, description, severity) and the optimization"
-            " opportunities (description, impact). Use work_id from the items.",
-            _data("Work items", view.items),
-            _data("Agents", view.agents),
-        ]
-    )
+def about_the_work(instruction: str) -> Callable[[View, dict[str, Any]], str]:
+    """A prompt: the instruction, then the open work items and the agents."""
+
+    def prompt(view: View, params: dict[str, Any]) -> str:
+        return "\n\n".join(
+            [instruction, _data("Work items", view.items), _data("Agents", view.agents)]
+        )
+
+    return prompt
 
 
-def team_prompt(view: View, params: dict[str, Any]) -> str:
-    return "\n\n".join(
-        [
-            "Suggest reassignments of work items between agents to balance the load"
-            " (work_id, from_agent, to_agent, reason), teams to form (team_name,"
-            " suggested_agents, focus_area) and the expected efficiency_gain. Use only"
-            " the work_id and agent_id values below.",
-            _data("Work items", view.items),
-            _data("Agents", view.agents),
-        ]
-    )
+priorities_prompt = about_the_work(
+    "Rank the open work items by urgency (priority_score 1-100, 100 = do first),"
+    " name the bottlenecks (type, description, severity) and the optimization"
+    " opportunities (description, impact). Use work_id from the items."
+)
+
+team_prompt = about_the_work(
+    "Suggest reassignments of work items between agents to balance the load"
+    " (work_id, from_agent, to_agent, reason), teams to form (team_name,"
+    " suggested_agents, focus_area) and the expected efficiency_gain. Use only"
+    " the work_id and agent_id values below."
+)
 
 
 def claim_prompt(view: View, params: dict[str, Any]) -> str:
