@@ -216,7 +216,8 @@ def status_text(s: dict[str, Any]) -> str:
         used = "" if p["used"] else " (not used)"
         if p["reachable"]:
             models = ", ".join(p.get("models") or []) or "none installed"
-            lines.append(f"{name}{used}: reachable, model {p['model']}; models: {models}")
+            missing = "" if p.get("model_installed", True) else " (NOT installed)"
+            lines.append(f"{name}{used}: reachable, model {p['model']}{missing}; models: {models}")
         else:
             lines.append(f"{name}{used}: unusable ({p['error']}): {p['detail']}")
     c = s["cache"]

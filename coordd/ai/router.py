@@ -143,13 +143,16 @@ class Router:
         raise NoProvider(attempts)
 
     async def probe(self) -> dict[str, Any]:
+        """Per provider: used by the mode?, its model, reachable?, models it offers."""
         out = {}
         for name in ORDER["auto"]:
-            out[name] = {
-                "used": name in ORDER[self.mode],
-                "model": self.models[name],
-                **(await self.providers[name].probe()),
-            }
+            found = await self.providers[name].probe()
+            model = self.models[name]
+            if found.get("reachable"):
+                offered = found.get("models") or []
+                # Ollama names a model "llama2:latest" when pulled as "llama2".
+                found["model_installed"] = model in offered or f"{model}:latest" in offered
+            out[name] = {"used": name in ORDER[self.mode], "model": model, **found}
         return out
 
     async def aclose(self) -> None:

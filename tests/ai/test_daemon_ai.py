@@ -84,6 +84,13 @@ def test_auto_falls_back_to_claude_and_status_says_so(
     assert "ollama: unusable (down)" in human and "claude: reachable" in human
 
 
+def test_ai_status_says_when_the_model_is_not_pulled(coordd_factory: Any, ollama: Ollama) -> None:
+    d = coordd_factory({"ollama_host": ollama.url, "ollama_model": "mistral"})
+    r = d.ctl("ai-status")
+    assert r.returncode == 0, r.stderr
+    assert "ollama: reachable, model mistral (NOT installed); models: llama2:latest" in r.stdout
+
+
 def test_no_provider_is_a_clear_failure(coordd_factory: Any) -> None:
     d = coordd_factory({"ollama_host": refused_url(), "ai_timeout": 0.5})
     r = d.ctl("ollama-priorities")

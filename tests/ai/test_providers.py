@@ -355,6 +355,7 @@ def test_probe_reports_reachability_and_models(ollama: Ollama, claude_api: Anthr
 
     status = asyncio.run(go())
     assert status["ollama"]["reachable"] and status["ollama"]["models"] == ["llama2:latest"]
+    assert status["ollama"]["model_installed"] is True
     assert status["claude"]["reachable"] and status["claude"]["models"] == ["claude-sonnet-4-6"]
     down = asyncio.run(router("ollama").probe())
     assert down["ollama"]["reachable"] is False and down["ollama"]["error"] == "down"
