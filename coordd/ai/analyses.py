@@ -174,7 +174,10 @@ def json_schema(schema: type[Answer]) -> dict[str, Any]:
             ref = node.get("$ref")
             if isinstance(ref, str):
                 return inline(defs[ref.rsplit("/", 1)[-1]])
-            return {k: inline(v) for k, v in node.items() if k != "title"}
+            # "title" annotations are noise for a model; a property named title is not.
+            return {
+                k: inline(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))
+            }
         if isinstance(node, list):
             return [inline(v) for v in node]
         return node

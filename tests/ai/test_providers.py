@@ -414,3 +414,21 @@ def test_the_worker_answers_off_thread_and_enforces_the_job_deadline(
         assert result["ok"] is False and result["error"]["code"] == "timeout"
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("kind", sorted(analyses.SPECS))
+def test_the_schema_sent_to_the_model_is_flat_and_whole(kind: str) -> None:
+    schema = analyses.json_schema(analyses.SPECS[kind].schema)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            assert "$ref" not in node
+            for name in node.get("required", []):
+                assert name in node["properties"], (kind, name)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
