@@ -30,6 +30,8 @@ class OllamaProvider:
         self.client = httpx.AsyncClient(
             base_url=self.host,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            # Proxies and certificates come from our configuration, not from whatever
+            # HTTP_PROXY the daemon inherited (a proxy in front of a local Ollama breaks it).
             trust_env=False,
         )
 
