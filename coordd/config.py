@@ -75,10 +75,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ai_provider: str = "ollama"
     ollama_host: str = "http://localhost:11434"
     ollama_model: str = "llama2"
-    claude_model: str = "claude-sonnet-4-5"
+    claude_model: str = "claude-sonnet-4-6"  # 4-5 reaches end-of-life 2026-11-30
     anthropic_base_url: str = ""
     anthropic_api_key: str = ""
     ai_timeout: float = 30.0
+    ai_cache_ttl: float = 300.0  # seconds an analysis answer is reused; 0 turns the cache off
+    ai_models: dict[str, str] = {}  # Ollama model per analysis (file only), e.g. priorities
     # operations
     metrics_listen: str = "127.0.0.1:9641"
     log_format: str = "auto"
@@ -118,7 +120,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             out[key] = env[legacy]
     for field in msgspec.structs.fields(Config):
         name = "COORDD_" + field.name.upper()
-        if field.name != "work_types" and env.get(name):
+        if field.name not in ("work_types", "ai_models") and env.get(name):
             out[field.name] = env[name]
     # The Anthropic SDK's own variables, so a Claude user sets nothing new.
     if env.get("ANTHROPIC_API_KEY") and "anthropic_api_key" not in out:
@@ -194,6 +196,8 @@ def validate(cfg: Config) -> list[str]:
     problems = validate_policy(cfg.policy())
     _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
     _choice(problems, "ai_provider", cfg.ai_provider, AI_PROVIDERS)
+    if cfg.ai_cache_ttl < 0:
+        problems.append(f"ai_cache_ttl must be >= 0, got {cfg.ai_cache_ttl}")
     _choice(problems, "log_format", cfg.log_format, LOG_FORMATS)
     _choice(problems, "log_level", cfg.log_level, ("debug", "info", "warning", "error"))
     for key in (

@@ -193,6 +193,47 @@ class Status(Request, tag="status"):
     """Daemon health, counts and counters."""
 
 
+# --- AI analyses (control socket only; answered when the provider is done) -----
+
+
+class AiPriorities(Request, tag="ai_priorities"):
+    """Rank open work, name bottlenecks: ``coordctl ollama-priorities``."""
+
+    model: str | None = None
+    fresh: bool = False
+
+
+class AiOptimize(Request, tag="ai_optimize"):
+    """Reassignments and teams: ``coordctl ollama-optimize``."""
+
+    model: str | None = None
+    fresh: bool = False
+
+
+class AiAnalyze(Request, tag="ai_analyze"):
+    """A free question about ``data``: ``coordctl ai-analyze PROMPT [MODEL]``."""
+
+    prompt: str
+    data: Any = None
+    model: str | None = None
+    fresh: bool = False
+
+
+class AiRecommendClaim(Request, tag="ai_recommend_claim"):
+    """Should this item be claimed, at which priority (``claim-enhanced``)."""
+
+    work_type: str
+    description: str
+    priority: Priority = "medium"
+    team: str = ""
+    model: str | None = None
+    fresh: bool = False
+
+
+class AiStatus(Request, tag="ai_status"):
+    """Providers, reachability, models, cache: ``coordctl ai-status``."""
+
+
 # --- replies ----------------------------------------------------------------
 
 
@@ -227,6 +268,11 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Show,
     Agents,
     Status,
+    AiPriorities,
+    AiOptimize,
+    AiAnalyze,
+    AiRecommendClaim,
+    AiStatus,
 )
 
 

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, freshness, keys, protocol
+from coordd import __version__, ai_edge, freshness, keys, protocol
 from coordd.config import Config
 from coordd.protocol import Error, Ok
 from coordd.state import DomainError, Limits, State
@@ -40,7 +40,7 @@ Clock = Callable[[], float]
 # Import, Reload, the AI analyses...). ``_handle`` checks it after decoding and before
 # any handler, so a handler never needs its own check; tests/daemon/test_security.py
 # asserts that every listed type is refused on the agent endpoint.
-CONTROL_ONLY: frozenset[type] = frozenset()
+CONTROL_ONLY: frozenset[type] = frozenset(ai_edge.REQUESTS)
 
 
 class VersionProbe(msgspec.Struct):
@@ -97,6 +97,9 @@ class Daemon:
             protocol.Agents: self.on_agents,
             protocol.Status: self.on_status,
         }
+        # AI analyses run off the loop; the worker wakes us through the wake-up socket.
+        self.ai = ai_edge.AiEdge(cfg, self.state, self._wake_loop, self._reply)
+        self.handlers.update(self.ai.handlers())
 
     # --- start and stop ----------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Daemon:
                 sock.close(linger=500)
                 setattr(self, name, None)
         self.journal.close()
+        self.ai.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -311,6 +315,7 @@ class Daemon:
                 self._drain(self.control_sock, now, from_control=True)
             if self._wake_r.fileno() in ready:
                 self._clear_wakeup()
+                self.ai.drain()
             if self.zap_sock is not None and self.zap_sock in ready:
                 self._serve_zap()
             if self._hup:
@@ -320,6 +325,13 @@ class Daemon:
                 next_tick = now + self.cfg.tick_interval
             self._flush()
         log.info("stopping", reason="signal")
+
+    def _wake_loop(self) -> None:
+        """Called from another thread (the AI worker): make the poller return."""
+        try:
+            self._wake_w.send(b"a")
+        except OSError:
+            pass  # the buffer is full: the loop is waking up anyway
 
     def _clear_wakeup(self) -> None:
         try:
@@ -407,7 +419,9 @@ class Daemon:
             log.exception("handler_failed", op=type(req).__name__)
             self._reply(sock, envelope, Error(code="internal", message=f"internal error: {e}"))
             return
-        if data is not _NO_REPLY:
+        if isinstance(data, ai_edge.Deferred):
+            self.ai.submit(sock, envelope, data)
+        elif data is not _NO_REPLY:
             self._reply(sock, envelope, Ok(data=data))
 
     def _undecodable(self, payload: bytes, e: Exception) -> Error:
@@ -585,6 +599,7 @@ class Daemon:
             "events_endpoint": cfg.events_endpoint,
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
+            "ai": self.ai.counters(),
         }
 
 
