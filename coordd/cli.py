@@ -20,6 +20,8 @@ def _load(config_file: str | None, flags: dict[str, Any]) -> config_mod.Config:
         sys.exit(2)
 
 
+SECRET_KEYS = frozenset({"anthropic_api_key"})
+
 config_option = click.option(
     "--config",
     "config_file",
@@ -68,4 +70,6 @@ def check_config(config_file: str | None) -> None:
 
     cfg = _load(config_file, {})
     for key, value in msgspec.structs.asdict(cfg).items():
+        if key in SECRET_KEYS and value:
+            value = "<set>"  # never print a credential to a terminal or a log
         click.echo(f"{key} = {value!r}")

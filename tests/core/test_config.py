@@ -72,3 +72,21 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
 def test_too_long_socket_path_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set run_dir"):
         load(None, {"COORDINATION_DIR": "/tmp/" + "x" * 120}, {})
+
+
+def test_check_config_masks_the_api_key(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "ANTHROPIC_API_KEY": "sk-ant-secret-123",
+        "COORDINATION_DIR": str(tmp_path),
+    }
+    env.pop("COORDD_CONFIG", None)
+    coordd = Path(sys.executable).parent / "coordd"
+    r = subprocess.run([str(coordd), "check-config"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "sk-ant-secret-123" not in r.stdout
+    assert "anthropic_api_key = '<set>'" in r.stdout
