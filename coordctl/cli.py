@@ -434,3 +434,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
         )
 
     emit(as_json, call(ctx, protocol.Status()), human)
+
+
+# The freshness commands live in their own module and register themselves on ``main``.
+from coordctl import freshness_cmds  # noqa: E402, F401

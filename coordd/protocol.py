@@ -170,6 +170,26 @@ class Status(Request, tag="status"):
     """Daemon health, counts and counters."""
 
 
+# --- freshness -------------------------------------------------------------
+
+
+class CheckStale(Request, tag="check_stale"):
+    """The stale items with silence, threshold and owner: ``coordctl check-stale``."""
+
+
+class RecoverStale(Request, tag="recover_stale"):
+    """Recover every stale item, or the one named (stale or not): ``coordctl recover-stale``.
+    Operators only. ``dry_run`` reports what would happen and changes nothing."""
+
+    strategy: Strategy
+    work_item_id: str | None = None
+    dry_run: bool = False
+
+
+class Freshness(Request, tag="freshness"):
+    """Fresh / potentially stale / stale counts and the stale items: the dashboard."""
+
+
 # --- replies ----------------------------------------------------------------
 
 
@@ -204,6 +224,9 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Show,
     Agents,
     Status,
+    CheckStale,
+    RecoverStale,
+    Freshness,
 )
 
 

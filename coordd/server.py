@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import grp
+import math
 import os
 import signal
 import socket
@@ -36,7 +37,7 @@ log = structlog.get_logger("coordd")
 Clock = Callable[[], float]
 
 # Requests an agent on the agent endpoint may not send (operators only).
-CONTROL_ONLY: frozenset[type] = frozenset()
+CONTROL_ONLY: frozenset[type] = frozenset({protocol.RecoverStale})
 
 
 class VersionProbe(msgspec.Struct):
@@ -88,6 +89,9 @@ class Daemon:
             protocol.Show: self.on_show,
             protocol.Agents: self.on_agents,
             protocol.Status: self.on_status,
+            protocol.CheckStale: self.on_check_stale,
+            protocol.RecoverStale: self.on_recover_stale,
+            protocol.Freshness: self.on_freshness,
         }
 
     # --- start and stop ----------------------------------------------------------
@@ -199,7 +203,8 @@ class Daemon:
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         next_tick = self.clock() + self.cfg.tick_interval
         while not self._stop:
-            timeout_ms = max(0, int((next_tick - self.clock()) * 1000))
+            # Round up: a timeout truncated to 0 ms would spin until the tick is due.
+            timeout_ms = max(0, math.ceil((next_tick - self.clock()) * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = self.clock()
             if self.agent_sock in ready:
@@ -438,6 +443,24 @@ class Daemon:
             "events_endpoint": cfg.events_endpoint,
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
+        }
+
+    # --- freshness: the rules are in ``freshness``; here only the translation ---------
+
+    def on_check_stale(self, req: protocol.CheckStale, now: float, _c: bool) -> Any:
+        return {"now": now, "stale": freshness.stale_report(self.state, now)}
+
+    def on_recover_stale(self, req: protocol.RecoverStale, now: float, _c: bool) -> Any:
+        return freshness.recover_stale(self.state, now, req.strategy, req.work_item_id, req.dry_run)
+
+    def on_freshness(self, req: protocol.Freshness, now: float, _c: bool) -> Any:
+        return {
+            "now": now,
+            "dashboard": freshness.dashboard(self.state, now),
+            "stale_threshold": self.state.policy.stale_threshold,
+            "recovery": self.state.policy.recovery,
+            "heartbeat_interval": self.cfg.heartbeat_interval,
+            "tick_interval": self.cfg.tick_interval,
         }
 
 
