@@ -18,10 +18,7 @@ from coordd.agent import Agent
 def main() -> None:
     endpoint, agent_id, interval, mode, *rest = sys.argv[1:]
     agent = Agent(endpoint, agent_id, float(interval))
-    if mode == "claim":
-        lease = agent.lease(rest[0], rest[1])
-    else:
-        lease = agent.lease()
+    lease = agent.lease(rest[0], rest[1]) if mode == "claim" else agent.lease()
     print(json.dumps({"work_item_id": lease.work_item_id, "lease": lease.lease}), flush=True)
     if mode == "claim":
         # Work "forever" (the test kills us); stop if the lease is ever lost.
