@@ -483,13 +483,23 @@ def _run(
     except AgentError as e:
         fail(f"refused ({e.code}): {e.message}", 3 if e.code == "nothing_pending" else EXIT_REFUSED)
     click.echo(_claimed_line(lease.item), err=True)
-    proc = subprocess.Popen(list(argv))
+    # Handlers go in before the command starts so no signal slips between the two; one
+    # that arrives before the command exists is delivered as soon as it does.
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
-        proc.send_signal(signum)
+        if started:
+            started[0].send_signal(signum)
+        else:
+            early.append(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    proc = subprocess.Popen(list(argv))
+    started.append(proc)
+    for signum in early:
+        proc.send_signal(signum)
     stopped = _supervise(proc, lease)
     rc = proc.returncode
     status = rc if rc >= 0 else 128 - rc

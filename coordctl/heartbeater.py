@@ -92,9 +92,13 @@ class Heartbeater:
 
     def beat(self) -> str | None:
         """One acknowledged heartbeat; the error code when coordd refused it."""
-        req = protocol.Heartbeat(
-            agent_id=self.agent_id, work_item_id=self.work_item_id, lease=self.lease, ack=True
+        return self._ask(
+            protocol.Heartbeat(
+                agent_id=self.agent_id, work_item_id=self.work_item_id, lease=self.lease, ack=True
+            )
         )
+
+    def _ask(self, req: protocol.Request) -> str | None:
         self.sock.send(self.codec.encode(req))
         if not self.sock.poll(int(self.timeout * 1000)):
             # A late answer would be read as the next one's: start on a fresh socket.
@@ -108,7 +112,7 @@ class Heartbeater:
                 "heartbeat_refused", agent_id=self.agent_id, code=reply.code, message=reply.message
             )
             return reply.code
-        log.debug("heartbeat_sent", agent_id=self.agent_id, refreshed=reply.data["refreshed"])
+        log.debug("answered", agent_id=self.agent_id, op=type(req).__name__)
         return None
 
     def _sleep(self) -> None:
@@ -140,6 +144,11 @@ class Heartbeater:
             interval=self.interval,
             work_item_id=self.work_item_id,
         )
+        # The old script's order is heartbeat-start, then claim: an agent coordd does not
+        # know yet is registered once. Unknown later means coordd lost it: stop.
+        if self.work_item_id is None and self.beat() == "unknown_agent":
+            self._ask(protocol.Register(agent_id=self.agent_id))
+            log.info("agent_registered", agent_id=self.agent_id)
         while not self.stop:
             code = self.beat()
             if code in FATAL_CODES:
