@@ -65,6 +65,7 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock
         self.state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
+        self.state.heartbeat_events = cfg.publish_heartbeats
         self.journal = journal or NullJournal()
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
@@ -353,19 +354,14 @@ class Daemon:
     def on_heartbeat_batch(self, req: protocol.HeartbeatBatch, now: float, _c: bool) -> Any:
         if len(req.items) > self.cfg.max_batch:
             raise _bad(f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch}")
-        errors = []
-        hb = self.state.heartbeat
-        for beat in req.items:
-            try:
-                hb(req.agent_id, now, beat.work_item_id, beat.lease)
-            except DomainError as e:
-                errors.append(
-                    {"work_item_id": beat.work_item_id, "code": e.code, "message": str(e)}
-                )
-        if errors:
+        refreshed, refused = self.state.heartbeat_batch(
+            req.agent_id, now, ((b.work_item_id, b.lease) for b in req.items)
+        )
+        if refused:
             # The agent needs to know which leases it lost; everything else was applied.
-            return {"refreshed": len(req.items) - len(errors), "errors": errors}
-        return {"refreshed": len(req.items)} if req.ack else _NO_REPLY
+            errors = [{"work_item_id": w, "code": e.code, "message": str(e)} for w, e in refused]
+            return {"refreshed": refreshed, "errors": errors}
+        return {"refreshed": refreshed} if req.ack else _NO_REPLY
 
     def on_add(self, req: protocol.Add, now: float, _c: bool) -> Any:
         return self.state.add(

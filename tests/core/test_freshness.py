@@ -323,3 +323,24 @@ def test_counts_stale_only_for_active_items() -> None:
     st.claim("a", "t", "d", T0)
     freshness.tick(st, T0 + 10)
     assert st.counts()["stale"] == 0 and st.counts()["failed"] == 1
+
+
+def test_heartbeat_events_only_when_asked_and_one_per_batch() -> None:
+    st = make(stale_threshold=10)
+    items = [st.claim("a", "t", "d", T0) for _ in range(3)]
+    st.drain()
+    st.heartbeat("a", T0 + 1)
+    assert events(st) == []  # off by default: the hot path allocates nothing
+    st.heartbeat_events = True
+    refreshed, refused = st.heartbeat_batch(
+        "a", T0 + 2, [(i.work_item_id, i.lease) for i in items] + [(items[0].work_item_id, 999)]
+    )
+    assert refreshed == 3 and [(w, e.code) for w, e in refused] == [
+        (items[0].work_item_id, "lease_lost")
+    ]
+    evs = st.drain()[1]
+    assert [(e.event, e.detail) for e in evs] == [
+        ("lease_lost", evs[0].detail),
+        ("heartbeat", "refreshed 3"),
+    ]
+    assert all(i.last_heartbeat == T0 + 2 for i in items)

@@ -209,3 +209,18 @@ def test_strategy_none_reports_until_a_heartbeat(coordd_factory: Any) -> None:
     d.call(protocol.Heartbeat(agent_id="quiet", ack=True))
     dash = d.call(protocol.Freshness())["dashboard"]
     assert dash["stale"] == 0 and dash["fresh"] == 1
+
+
+def test_heartbeat_events_are_published_when_configured(coordd_factory: Any) -> None:
+    d = coordd_factory({**FAST, "publish_heartbeats": True})
+    tap = EventTap(d)
+    with Agent(d.agent_endpoint, "beating", heartbeat_interval=INTERVAL) as agent:
+        for n in range(3):
+            agent.lease("build", f"part {n}")
+        beat = wait_for(
+            lambda: next(
+                (e for e in tap.drain() if e.event == "heartbeat" and e.agent_id == "beating"),
+                None,
+            )
+        )
+    assert beat.detail == "refreshed 3"  # one event for the batch of three
