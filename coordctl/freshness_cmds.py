@@ -22,7 +22,13 @@ import zmq
 
 from coordctl import render
 from coordctl.cli import PRIORITY, Ctx, _claimed_line, call, command, emit, fail
-from coordctl.client import EXIT_REFUSED, EXIT_STALE_FOUND, EXIT_UNREACHABLE, to_builtins
+from coordctl.client import (
+    EXIT_NOTHING_PENDING,
+    EXIT_REFUSED,
+    EXIT_STALE_FOUND,
+    EXIT_UNREACHABLE,
+    to_builtins,
+)
 from coordctl.heartbeater import pid_alive, read_pid
 from coordd import protocol
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
@@ -435,18 +441,7 @@ def _supervise(proc: subprocess.Popen[bytes], lease: Lease) -> bool:
 @click.option("--team")
 @click.option("--stale-after", type=float, help="The new item's staleness threshold.")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(
-    ctx: Ctx,
-    agent: str | None,
-    work_item_id: str | None,
-    work_type: str | None,
-    description: str | None,
-    priority: str,
-    team: str | None,
-    stale_after: float | None,
-    argv: tuple[str, ...],
-    as_json: bool,
-) -> None:
+def run(ctx: Ctx, agent: str | None, argv: tuple[str, ...], as_json: bool, **claim: Any) -> None:
     """Claim, run COMMAND while heartbeating, then complete (coordctl run ... -- COMMAND).
 
     Claims a new item (--description), the pending item --work, or the most urgent
@@ -460,28 +455,22 @@ def run(
         ctx.cfg.agent_endpoint, agent_id, ctx.cfg.heartbeat_interval, ctx.cfg.client_timeout
     )
     try:
-        status = _run(sdk, argv, work_item_id, work_type, description, priority, team, stale_after)
+        status = _run(sdk, argv, claim)
     finally:
         sdk.close()
     sys.exit(status)
 
 
-def _run(
-    sdk: Agent,
-    argv: tuple[str, ...],
-    work_item_id: str | None,
-    work_type: str | None,
-    description: str | None,
-    priority: str,
-    team: str | None,
-    stale_after: float | None,
-) -> int:
+def _run(sdk: Agent, argv: tuple[str, ...], claim: dict[str, Any]) -> int:
     try:
-        lease = _take_lease(sdk, work_item_id, work_type, description, priority, team, stale_after)
+        lease = _take_lease(sdk, **claim)
     except AgentTimeout as e:
         fail(e.message, EXIT_UNREACHABLE)
     except AgentError as e:
-        fail(f"refused ({e.code}): {e.message}", 3 if e.code == "nothing_pending" else EXIT_REFUSED)
+        fail(
+            f"refused ({e.code}): {e.message}",
+            EXIT_NOTHING_PENDING if e.code == "nothing_pending" else EXIT_REFUSED,
+        )
     click.echo(_claimed_line(lease.item), err=True)
     # Handlers go in before the command starts so no signal slips between the two; one
     # that arrives before the command exists is delivered as soon as it does.

@@ -9,12 +9,12 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from coordd import protocol
 from tests.conftest import BIN, CoorddProcess
+from tests.helpers import wait_for
 
 THRESHOLD = 0.4
 FAST = {
@@ -24,16 +24,6 @@ FAST = {
     "recovery": "none",  # items made stale stay so, for check-stale and recover-stale
 }
 SHELL = {"AGENT_ID": "shell_agent", "COLUMNS": "200"}
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 5.0, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def show(d: CoorddProcess, wid: str) -> dict[str, Any]:

@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from coordd import protocol
 from coordd.agent import Agent, LeaseLostError
 from coordd.state import Event
 from tests.conftest import CoorddProcess
+from tests.helpers import wait_for
 
 THRESHOLD = 0.4
 TICK = 0.05
@@ -29,17 +28,6 @@ FAST = {
     "recovery": "reassign",
 }
 SDK_AGENT = Path(__file__).with_name("sdk_agent.py")
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
-    """Poll ``cond`` until it is truthy (bounded); return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 class EventTap:
