@@ -25,9 +25,12 @@ import time
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import zmq
 
 from coordd import protocol
+
+STOP_CHECK = 0.2  # seconds; how soon the heartbeat thread notices close()
 
 
 class AgentError(Exception):
@@ -258,7 +261,8 @@ class Agent:
         try:
             next_beat = time.monotonic() + self.heartbeat_interval
             while not self._stop.is_set():
-                wait = max(0.0, next_beat - time.monotonic())
+                # Wake at least every STOP_CHECK seconds so close() never waits an interval.
+                wait = min(STOP_CHECK, max(0.0, next_beat - time.monotonic()))
                 if sock.poll(int(wait * 1000) + 1):
                     self._on_heartbeat_reply(sock.recv())
                     continue
@@ -280,7 +284,10 @@ class Agent:
         self.heartbeats_sent += 1
 
     def _on_heartbeat_reply(self, raw: bytes) -> None:
-        reply = self.codec.reply_decoder.decode(raw)
+        try:
+            reply = self.codec.reply_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return  # not a reply we understand; the thread must live on regardless
         if isinstance(reply, protocol.Error):
             return  # the whole batch was refused (e.g. bad request): nothing item-specific
         for err in (reply.data or {}).get("errors", []):
