@@ -524,11 +524,15 @@ def _event_line(ev: Event) -> str:
 @click.option("--event", "names", multiple=True, help="Only these events (repeatable).")
 def events(ctx: Ctx, count: int | None, names: tuple[str, ...], as_json: bool) -> None:
     """Follow the daemon's event stream (SUB on events_endpoint), one line per event."""
+    endpoint = ctx.cfg.events_endpoint
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
+        # A SUB socket would wait forever in silence; say what is wrong instead.
+        fail(f"coordd is not running at {endpoint} (no socket)", EXIT_UNREACHABLE)
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     for name in names or ("",):
         sock.setsockopt(zmq.SUBSCRIBE, name.encode())
-    sock.connect(ctx.cfg.events_endpoint)
+    sock.connect(endpoint)
     decoder = msgspec.msgpack.Decoder(Event)
     seen = 0
     try:

@@ -288,3 +288,9 @@ def test_dashboard_watch_redraws_until_ctrl_c(coordd_factory: Any) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_events_says_when_the_daemon_is_not_running(coordd_factory: Any) -> None:
+    d = coordd_factory(FAST, start=False)
+    r = d.ctl("events", "--count", "1", timeout=10)
+    assert r.returncode == 4 and "not running" in r.stderr
