@@ -98,7 +98,9 @@ def test_killed_agent_item_is_recovered_taken_by_another_and_zombie_is_fenced(
 
     item = wait_for(lambda: (i := show(d, wid))["status"] == "pending" and i)
     silent = item["recovered_at"] - item["last_heartbeat"]
-    assert THRESHOLD <= silent <= THRESHOLD + TICK + 0.05, silent
+    # Within threshold + one tick (+ 0.1 s for a daemon not scheduled at once on a
+    # loaded test machine; measured lateness is at most one tick).
+    assert THRESHOLD <= silent <= THRESHOLD + TICK + 0.1, silent
     assert item["recovered_from"] == "agent_a" and item["lease"] > lease_a
     assert "no heartbeat" in item["recovery_reason"]
 
