@@ -437,4 +437,4 @@ def status(ctx: Ctx, as_json: bool) -> None:
 
 
 # Command groups kept in their own modules register themselves on ``main``.
-from coordctl import ai_cmds, keys_cmds  # noqa: E402, F401
+from coordctl import ai_cmds, freshness_cmds, keys_cmds  # noqa: E402, F401

@@ -52,7 +52,7 @@ def item_rows(items: Sequence[dict[str, Any]], now: float | None = None) -> str:
     rows = [
         (
             i["work_item_id"],
-            i["status"] + (" (stale)" if i.get("stale_since") else ""),
+            i["status"] + (" (stale)" if i.get("stale_since") and i["status"] == "active" else ""),
             i.get("priority"),
             i.get("work_type"),
             i.get("team") or "-",

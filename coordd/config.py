@@ -59,6 +59,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_retries: int = 3
     retry_escalation: str = "fail"
     work_types: dict[str, TypeRule] = {}
+    publish_heartbeats: bool = False  # a "heartbeat" event per heartbeat message
     # durability
     snapshot_interval: float = 30.0
     fsync: str = "always"

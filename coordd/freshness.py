@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordd.state import BadRequest
+from coordd.state import BadRequest, Conflict
 
 if TYPE_CHECKING:
     from coordd.state import State, WorkItem
@@ -73,8 +73,9 @@ def is_stale(state: State, item: WorkItem, now: float) -> bool:
 
 
 def stale_items(state: State, now: float) -> list[WorkItem]:
-    """Every stale active item, most silent first. A scan: for commands, not the tick."""
-    found = [i for i in state.items.values() if is_stale(state, i, now)]
+    """Every stale active item, most silent first. A scan of the active items: for
+    commands, not the tick."""
+    found = [i for i in state.active_items() if is_stale(state, i, now)]
     found.sort(key=lambda i: silent_for(i, now), reverse=True)
     return found
 
@@ -119,8 +120,8 @@ def tick(state: State, now: float) -> list[Recovery]:
         state.mark_stale(item, now)
         strategy = state.policy.strategy_for(item)
         reason = (
-            f"no heartbeat for {silent_for(item, now):.0f}s"
-            f" (threshold {state.policy.threshold_for(item):.0f}s)"
+            f"no heartbeat for {silent_for(item, now):.1f}s"
+            f" (threshold {state.policy.threshold_for(item):g}s)"
         )
         done.append(recover(state, item, now, strategy, reason))
     return done
@@ -139,7 +140,7 @@ def recover_stale(
     if work_item_id is not None:
         item = state.get(work_item_id)
         if item.status != "active":
-            raise BadRequest(f"{work_item_id} is {item.status}; only active items can be recovered")
+            raise Conflict(f"{work_item_id} is {item.status}; only active items can be recovered")
         targets = [item]
     else:
         targets = stale_items(state, now)
@@ -160,6 +161,77 @@ def recover_stale(
         reason = f"recover-stale {strategy} by operator (silent {silent_for(item, now):.0f}s)"
         reports.append(recover(state, item, now, strategy, reason))
     return reports
+
+
+class StaleEntry(msgspec.Struct, kw_only=True):
+    """One stale item as ``check-stale`` and the dashboard show it."""
+
+    work_item_id: str
+    agent_id: str | None
+    work_type: str
+    description: str
+    silent_for: float
+    threshold: float
+    strategy: str
+    stale_since: float | None
+    last_heartbeat: float | None
+
+
+class Dashboard(msgspec.Struct, kw_only=True):
+    """The numbers of ``freshness-dashboard``. Every active item is exactly one of
+    fresh, potentially stale (silent past ``warn_ratio`` of its threshold) or stale."""
+
+    active: int
+    fresh: int
+    potentially_stale: int
+    stale: int
+    warn_ratio: float
+    stale_items: list[StaleEntry]
+
+
+# Silent past this share of its threshold, an item is "potentially stale".
+WARN_RATIO = 0.5
+
+
+def stale_report(state: State, now: float) -> list[StaleEntry]:
+    """The stale items, most silent first, with what recovery would apply to each."""
+    return [_entry(state, item, now) for item in stale_items(state, now)]
+
+
+def _entry(state: State, item: WorkItem, now: float) -> StaleEntry:
+    return StaleEntry(
+        work_item_id=item.work_item_id,
+        agent_id=item.agent_id,
+        work_type=item.work_type,
+        description=item.description,
+        silent_for=silent_for(item, now),
+        threshold=state.policy.threshold_for(item),
+        strategy=effective_strategy(state.policy, item, state.policy.strategy_for(item)),
+        stale_since=item.stale_since,
+        last_heartbeat=item.last_heartbeat,
+    )
+
+
+def dashboard(state: State, now: float, warn_ratio: float = WARN_RATIO) -> Dashboard:
+    """Count active items by freshness (a scan of the active items, for people)."""
+    fresh = warn = 0
+    stale: list[StaleEntry] = []
+    for item in state.active_items():
+        if is_stale(state, item, now):
+            stale.append(_entry(state, item, now))
+        elif silent_for(item, now) > warn_ratio * state.policy.threshold_for(item):
+            warn += 1
+        else:
+            fresh += 1
+    stale.sort(key=lambda e: e.silent_for, reverse=True)
+    return Dashboard(
+        active=fresh + warn + len(stale),
+        fresh=fresh,
+        potentially_stale=warn,
+        stale=len(stale),
+        warn_ratio=warn_ratio,
+        stale_items=stale,
+    )
 
 
 def validate_policy(policy: Policy) -> list[str]:

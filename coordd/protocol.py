@@ -193,40 +193,60 @@ class Status(Request, tag="status"):
     """Daemon health, counts and counters."""
 
 
+# --- freshness -------------------------------------------------------------
+
+
+class CheckStale(Request, tag="check_stale"):
+    """The stale items with silence, threshold and owner: ``coordctl check-stale``."""
+
+
+class RecoverStale(Request, tag="recover_stale"):
+    """Recover every stale item, or the one named (stale or not): ``coordctl recover-stale``.
+    Operators only. ``dry_run`` reports what would happen and changes nothing."""
+
+    strategy: Strategy
+    work_item_id: Id | None = None
+    dry_run: bool = False
+
+
+class Freshness(Request, tag="freshness"):
+    """Fresh / potentially stale / stale counts and the stale items: the dashboard."""
+
+
 # --- AI analyses (control socket only; answered when the provider is done) -----
 
 
 class AiPriorities(Request, tag="ai_priorities"):
     """Rank open work, name bottlenecks: ``coordctl ollama-priorities``."""
 
-    model: str | None = None
+    model: Id | None = None
     fresh: bool = False
 
 
 class AiOptimize(Request, tag="ai_optimize"):
     """Reassignments and teams: ``coordctl ollama-optimize``."""
 
-    model: str | None = None
+    model: Id | None = None
     fresh: bool = False
 
 
 class AiAnalyze(Request, tag="ai_analyze"):
     """A free question about ``data``: ``coordctl ai-analyze PROMPT [MODEL]``."""
 
-    prompt: str
+    prompt: Text
     data: Any = None
-    model: str | None = None
+    model: Id | None = None
     fresh: bool = False
 
 
 class AiRecommendClaim(Request, tag="ai_recommend_claim"):
     """Should this item be claimed, at which priority (``claim-enhanced``)."""
 
-    work_type: str
-    description: str
+    work_type: Id
+    description: Text
     priority: Priority = "medium"
-    team: str = ""
-    model: str | None = None
+    team: Id = ""
+    model: Id | None = None
     fresh: bool = False
 
 
@@ -268,6 +288,9 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Show,
     Agents,
     Status,
+    CheckStale,
+    RecoverStale,
+    Freshness,
     AiPriorities,
     AiOptimize,
     AiAnalyze,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import grp
+import math
 import os
 import signal
 import socket
@@ -40,7 +41,7 @@ Clock = Callable[[], float]
 # Import, Reload, the AI analyses...). ``_handle`` checks it after decoding and before
 # any handler, so a handler never needs its own check; tests/daemon/test_security.py
 # asserts that every listed type is refused on the agent endpoint.
-CONTROL_ONLY: frozenset[type] = frozenset(ai_edge.REQUESTS)
+CONTROL_ONLY: frozenset[type] = frozenset({protocol.RecoverStale, *ai_edge.REQUESTS})
 
 
 class VersionProbe(msgspec.Struct):
@@ -68,6 +69,7 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock
         self.state = State(cfg.policy(), _limits(cfg))
+        self.state.heartbeat_events = cfg.publish_heartbeats
         self.journal = journal or NullJournal()
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
@@ -96,6 +98,9 @@ class Daemon:
             protocol.Show: self.on_show,
             protocol.Agents: self.on_agents,
             protocol.Status: self.on_status,
+            protocol.CheckStale: self.on_check_stale,
+            protocol.RecoverStale: self.on_recover_stale,
+            protocol.Freshness: self.on_freshness,
         }
         # AI analyses run off the loop; the worker wakes us through the wake-up socket.
         self.ai = ai_edge.AiEdge(cfg, self.state, self._wake_loop, self._reply)
@@ -306,7 +311,8 @@ class Daemon:
             poller.register(self.zap_sock, zmq.POLLIN)
         next_tick = self.clock() + self.cfg.tick_interval
         while not self._stop:
-            timeout_ms = max(0, int((next_tick - self.clock()) * 1000))
+            # Round up: a timeout truncated to 0 ms would spin until the tick is due.
+            timeout_ms = max(0, math.ceil((next_tick - self.clock()) * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = self.clock()
             if self.agent_sock in ready:
@@ -509,19 +515,14 @@ class Daemon:
             raise _bad(
                 f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch} (max_batch)"
             )
-        errors = []
-        hb = self.state.heartbeat
-        for beat in req.items:
-            try:
-                hb(req.agent_id, now, beat.work_item_id, beat.lease)
-            except DomainError as e:
-                errors.append(
-                    {"work_item_id": beat.work_item_id, "code": e.code, "message": str(e)}
-                )
-        if errors:
+        refreshed, refused = self.state.heartbeat_batch(
+            req.agent_id, now, ((b.work_item_id, b.lease) for b in req.items)
+        )
+        if refused:
             # The agent needs to know which leases it lost; everything else was applied.
-            return {"refreshed": len(req.items) - len(errors), "errors": errors}
-        return {"refreshed": len(req.items)} if req.ack else _NO_REPLY
+            errors = [{"work_item_id": w, "code": e.code, "message": str(e)} for w, e in refused]
+            return {"refreshed": refreshed, "errors": errors}
+        return {"refreshed": refreshed} if req.ack else _NO_REPLY
 
     def on_add(self, req: protocol.Add, now: float, _c: bool) -> Any:
         return self.state.add(
@@ -600,6 +601,24 @@ class Daemon:
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
             "ai": self.ai.counters(),
+        }
+
+    # --- freshness: the rules are in ``freshness``; here only the translation ---------
+
+    def on_check_stale(self, req: protocol.CheckStale, now: float, _c: bool) -> Any:
+        return {"now": now, "stale": freshness.stale_report(self.state, now)}
+
+    def on_recover_stale(self, req: protocol.RecoverStale, now: float, _c: bool) -> Any:
+        return freshness.recover_stale(self.state, now, req.strategy, req.work_item_id, req.dry_run)
+
+    def on_freshness(self, req: protocol.Freshness, now: float, _c: bool) -> Any:
+        return {
+            "now": now,
+            "dashboard": freshness.dashboard(self.state, now),
+            "stale_threshold": self.state.policy.stale_threshold,
+            "recovery": self.state.policy.recovery,
+            "heartbeat_interval": self.cfg.heartbeat_interval,
+            "tick_interval": self.cfg.tick_interval,
         }
 
 

@@ -147,7 +147,13 @@ def _sample(cls: type) -> Any:
         msgspec.inspect.FloatType: 1.0,
         msgspec.inspect.BoolType: False,
     }
-    values = {f.name: plain.get(type(f.type)) for f in info.fields if f.required}
+    values = {
+        f.name: f.type.values[0]
+        if isinstance(f.type, msgspec.inspect.LiteralType)
+        else plain.get(type(f.type))
+        for f in info.fields
+        if f.required
+    }
     return msgspec.convert(values, cls)
 
 

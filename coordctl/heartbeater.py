@@ -1,0 +1,201 @@
+"""The background heartbeater of ``coordctl heartbeat-start``, for shell agents.
+
+Run as its own detached process (``python -m coordctl.heartbeater ...``). Every
+interval it sends a Heartbeat for its agent (all items the agent holds) or, when
+started for one item, for that item and lease. It owns the pid file: created with
+O_EXCL (so two starters cannot both win), removed on the way out. It stops, with a
+log line, on SIGTERM/SIGINT, when coordd no longer knows the agent, or when the
+item's lease is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import click
+import structlog
+import zmq
+
+from coordd import logs, protocol
+
+log = structlog.get_logger("coordctl.heartbeater")
+
+# Answers after which heartbeating is pointless: say so and stop.
+FATAL_CODES = frozenset({"unknown_agent", "lease_lost", "not_owner", "unknown_work", "conflict"})
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or "0") or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def claim_pid_file(path: str) -> bool:
+    """Write our pid with O_EXCL; False when a live heartbeater already holds it."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            other = read_pid(path)
+            if other is not None and pid_alive(other):
+                return False
+            os.unlink(path)  # a dead one's file: take its place
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+    return False
+
+
+class Heartbeater:
+    def __init__(
+        self,
+        endpoint: str,
+        agent_id: str,
+        interval: float,
+        timeout: float,
+        work_item_id: str | None,
+        lease: int | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent_id = agent_id
+        self.interval = interval
+        self.timeout = timeout
+        self.work_item_id = work_item_id
+        self.lease = lease
+        self.codec = protocol.Codec()
+        self.stop = False
+        self.sock = self._socket()
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def beat(self) -> str | None:
+        """One acknowledged heartbeat; the error code when coordd refused it."""
+        return self._ask(
+            protocol.Heartbeat(
+                agent_id=self.agent_id, work_item_id=self.work_item_id, lease=self.lease, ack=True
+            )
+        )
+
+    def _ask(self, req: protocol.Request) -> str | None:
+        self.sock.send(self.codec.encode(req))
+        if not self.sock.poll(int(self.timeout * 1000)):
+            # A late answer would be read as the next one's: start on a fresh socket.
+            self.sock.close(0)
+            self.sock = self._socket()
+            log.warning("coordd_unreachable", endpoint=self.endpoint, timeout=self.timeout)
+            return None
+        reply = self.codec.reply_decoder.decode(self.sock.recv())
+        if isinstance(reply, protocol.Error):
+            log.warning(
+                "heartbeat_refused", agent_id=self.agent_id, code=reply.code, message=reply.message
+            )
+            return reply.code
+        log.debug("answered", agent_id=self.agent_id, op=type(req).__name__)
+        return None
+
+    def _sleep(self) -> None:
+        """Wait one interval; a signal cuts it short (pyzmq retries a poll on EINTR,
+        so the handler's flag alone would only be seen an interval later)."""
+        rd, wr = socket.socketpair()
+        rd.setblocking(False)
+        wr.setblocking(False)
+        previous = signal.set_wakeup_fd(wr.fileno(), warn_on_full_buffer=False)
+        try:
+            poller = zmq.Poller()
+            poller.register(rd.fileno(), zmq.POLLIN)
+            poller.register(self.sock, zmq.POLLIN)
+            deadline = time.monotonic() + self.interval
+            while not self.stop and time.monotonic() < deadline:
+                ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
+                if self.sock in ready:
+                    self.sock.recv()  # a stray late reply: drop it
+        finally:
+            signal.set_wakeup_fd(previous)
+            rd.close()
+            wr.close()
+
+    def run(self) -> int:
+        log.info(
+            "heartbeater_started",
+            agent_id=self.agent_id,
+            pid=os.getpid(),
+            interval=self.interval,
+            work_item_id=self.work_item_id,
+        )
+        # The old script's order is heartbeat-start, then claim: an agent coordd does not
+        # know yet is registered once. Unknown later means coordd lost it: stop.
+        if self.work_item_id is None and self.beat() == "unknown_agent":
+            self._ask(protocol.Register(agent_id=self.agent_id))
+            log.info("agent_registered", agent_id=self.agent_id)
+        while not self.stop:
+            code = self.beat()
+            if code in FATAL_CODES:
+                log.warning("heartbeater_stopping", agent_id=self.agent_id, reason=code)
+                return 1
+            self._sleep()
+        log.info("heartbeater_stopped", agent_id=self.agent_id, reason="signal")
+        return 0
+
+
+@click.command()
+@click.option("--endpoint", required=True)
+@click.option("--agent", "agent_id", required=True)
+@click.option("--interval", type=float, required=True)
+@click.option("--timeout", type=float, default=5.0)
+@click.option("--pid-file", required=True)
+@click.option("--work", "work_item_id")
+@click.option("--lease", type=int)
+@click.option("--log-format", default="json")
+def main(
+    endpoint: str,
+    agent_id: str,
+    interval: float,
+    timeout: float,
+    pid_file: str,
+    work_item_id: str | None,
+    lease: int | None,
+    log_format: str,
+) -> None:
+    logs.configure(log_format, "info", {})
+    if not claim_pid_file(pid_file):
+        log.error("heartbeater_already_running", pid=read_pid(pid_file), pid_file=pid_file)
+        sys.exit(1)
+    hb = Heartbeater(endpoint, agent_id, interval, timeout, work_item_id, lease)
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        hb.stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        status = hb.run()
+    finally:
+        if read_pid(pid_file) == os.getpid():
+            os.unlink(pid_file)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
