@@ -228,6 +228,25 @@ def status_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def provider_summary(ctx: Ctx) -> str:
+    """One line for the freshness dashboard: the provider in use and whether it answers."""
+    client = Client(ctx.cfg.control_socket, ai_timeout(ctx))
+    try:
+        s = client.call(protocol.AiStatus())
+    except (Unreachable, Refused) as e:
+        return f"unknown ({e})"
+    finally:
+        client.close()
+    parts = []
+    for name, p in s["providers"].items():
+        if not p["used"]:
+            continue
+        state = f"reachable, model {p['model']}" if p["reachable"] else f"unusable ({p['error']})"
+        parts.append(f"{name} {state}")
+    summary = "; ".join(parts) or "none"
+    return f"auto: {summary}" if s["provider"] == "auto" else summary
+
+
 def ai_claim_recommendation(
     ctx: Ctx, work_type: str, description: str, priority: str, team: str
 ) -> dict[str, Any] | None:

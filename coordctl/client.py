@@ -22,6 +22,8 @@ EXIT_USAGE = 2  # click's own status for bad arguments
 EXIT_NOTHING_PENDING = 3
 EXIT_UNREACHABLE = 4
 EXIT_STALE_FOUND = 5
+EXIT_LEASE_LOST = 6  # `coordctl run`: the lease was lost and the command stopped
+EXIT_AI_DECLINED = 7  # `claim-enhanced --respect-ai`: the AI advised not to claim
 
 
 class Unreachable(Exception):

@@ -23,6 +23,8 @@ import zmq
 from coordctl import render
 from coordctl.cli import PRIORITY, Ctx, _claimed_line, call, command, emit, fail
 from coordctl.client import (
+    EXIT_AI_DECLINED,
+    EXIT_LEASE_LOST,
     EXIT_NOTHING_PENDING,
     EXIT_REFUSED,
     EXIT_STALE_FOUND,
@@ -35,7 +37,6 @@ from coordd.agent import Agent, AgentError, AgentTimeout, Lease
 from coordd.state import Event
 
 # `coordctl run`: the lease was lost, so the command was stopped.
-EXIT_LEASE_LOST = 6
 REPORT_NAME = "stale_work_report.json"
 PID_NAME = "heartbeat_daemon.pid"
 HEARTBEAT_LOG_NAME = "heartbeat_daemon.log"
@@ -257,8 +258,10 @@ def heartbeat_stop(ctx: Ctx, as_json: bool) -> None:
 
 
 def ai_provider_status(ctx: Ctx) -> str:
-    """The AI provider line of the dashboard (the AI issue fills this in)."""
-    return "not configured"
+    """The AI provider line of the dashboard: which provider, and whether it answers."""
+    from coordctl.ai_cmds import provider_summary
+
+    return provider_summary(ctx)
 
 
 def _dashboard(ctx: Ctx) -> Any:
@@ -326,12 +329,6 @@ def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
 # --- claim-enhanced ----------------------------------------------------------------------
 
 
-def ai_recommendation(ctx: Ctx, work_type: str, description: str, stale: list[Any]) -> str | None:
-    """An AI's advice before claiming; None while no provider is wired in (the AI issue
-    replaces this)."""
-    return None
-
-
 @command("claim-enhanced")
 @click.argument("work_type")
 @click.argument("description")
@@ -339,6 +336,7 @@ def ai_recommendation(ctx: Ctx, work_type: str, description: str, stale: list[An
 @click.argument("team", required=False, default="")
 @click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
 @click.option("--stale-after", type=float, help="This item's staleness threshold in seconds.")
+@click.option("--respect-ai", is_flag=True, help="Do not claim when the AI advises against it.")
 def claim_enhanced(
     ctx: Ctx,
     work_type: str,
@@ -347,13 +345,22 @@ def claim_enhanced(
     team: str,
     agent: str | None,
     stale_after: float | None,
+    respect_ai: bool,
     as_json: bool,
 ) -> None:
-    """Check staleness and warn, claim, start the heartbeater (Claim + CheckStale)."""
+    """Check staleness and warn, ask the AI, claim, start the heartbeater.
+
+    Sends CheckStale, AiRecommendClaim, Claim. The AI's suggested priority is applied;
+    its "don't claim" is shown and obeyed only with --respect-ai (exit 7)."""
+    from coordctl.ai_cmds import ai_claim_recommendation, apply_claim_recommendation
+
     stale = to_builtins(call(ctx, protocol.CheckStale()))["stale"]
     if stale:
         click.echo(f"warning: {len(stale)} stale item(s); see `coordctl check-stale`", err=True)
-    advice = ai_recommendation(ctx, work_type, description, stale)
+    advice = ai_claim_recommendation(ctx, work_type, description, priority, team)
+    priority, proceed = apply_claim_recommendation(advice, priority, respect_ai)
+    if not proceed:
+        sys.exit(EXIT_AI_DECLINED)
     agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
     item = to_builtins(
         call(
@@ -386,9 +393,19 @@ def claim_enhanced(
             [
                 _claimed_line(o["item"]),
                 o["heartbeat"],
-                f"AI recommendation: {advice or 'no provider configured'}",
+                _advice_line(o["ai_recommendation"]),
             ]
         ),
+    )
+
+
+def _advice_line(advice: dict[str, Any] | None) -> str:
+    if advice is None:
+        return "AI recommendation: none (no provider answered; claimed as asked)"
+    verdict = "claim" if advice["should_claim"] else "do not claim"
+    return (
+        f"AI recommendation ({advice['provider']}): {verdict},"
+        f" priority {advice['suggested_priority']}: {advice['reasoning']}"
     )
 
 

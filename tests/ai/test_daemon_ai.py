@@ -199,3 +199,26 @@ def test_stopping_cancels_a_running_analysis(coordd_factory: Any, ollama: Ollama
     assert d.stop() == 0
     assert time.monotonic() - started < 5  # not the 20 s the model would take
     control.close()
+
+
+def test_claim_enhanced_applies_the_ai_priority_and_respects_a_no(
+    coordd_factory: Any, ollama: Ollama
+) -> None:
+    d = coordd_factory({"ollama_host": ollama.url, "ai_timeout": 2})
+    env = {"AGENT_ID": "shell_agent", "COORDD_HEARTBEAT_INTERVAL": "30"}
+    no = '{"should_claim": false, "reasoning": "duplicate of w1", "suggested_priority": "low"}'
+    ollama.queue(("text", no))
+    r = d.ctl("claim-enhanced", "build", "Rebuild cache", "high", "core", "--respect-ai", env=env)
+    assert r.returncode == 7, r.stderr
+    assert "advises not to claim: duplicate of w1" in r.stderr
+    assert d.call(protocol.List()) == []
+
+    ollama.queue(("text", no))
+    r = d.ctl("claim-enhanced", "build", "Rebuild cache", "high", "core", "--json", env=env)
+    try:
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["item"]["priority"] == "low"  # the AI's suggestion was applied
+        assert out["ai_recommendation"]["should_claim"] is False
+    finally:
+        d.ctl("heartbeat-stop", env=env)

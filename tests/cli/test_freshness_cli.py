@@ -71,7 +71,7 @@ def test_old_script_scenario(coordd_factory: Any) -> None:
         assert dash.returncode == 0, dash.stderr
         assert "active 1" in dash.stdout and "stale 0" in dash.stdout
         assert f"heartbeat daemon: running (pid {pid})" in dash.stdout
-        assert "AI provider: not configured" in dash.stdout
+        assert "AI provider: ollama unusable (down)" in dash.stdout
 
         # An item made stale: its agent never heartbeats.
         ghost = claim(d, "bugfix", "Fix the flaky test", "--agent", "ghost", "--stale-after", "0.3")
@@ -151,7 +151,7 @@ def test_claim_enhanced_warns_claims_and_starts_the_heartbeater(coordd_factory: 
         assert "warning: 1 stale item(s)" in r.stderr
         assert "claimed work_" in r.stdout and "for shell_agent" in r.stdout
         assert "heartbeat daemon started" in r.stdout
-        assert "AI recommendation: no provider configured" in r.stdout
+        assert "AI recommendation: none (no provider answered" in r.stdout
         assert pid_alive(int(pid_file(d).read_text()))
         again = d.ctl("claim-enhanced", "feature", "Other page", env=SHELL)
         assert again.returncode == 0 and "already running" in again.stdout

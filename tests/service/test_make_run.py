@@ -20,13 +20,21 @@ def test_make_run_serves_coordctl_from_another_shell(short_tmp: Path) -> None:
     env["COORDD_METRICS_LISTEN"] = ""
     make = subprocess.Popen(
         ["make", "-s", "-C", str(ROOT), "run", f"VENV={BIN.parent}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
         while True:
-            r = subprocess.run([str(BIN / "coordctl"), "status", "--json"], env=env,
-                               capture_output=True, text=True, cwd=str(short_tmp))
+            r = subprocess.run(
+                [str(BIN / "coordctl"), "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=str(short_tmp),
+            )
             if r.returncode == 0 or time.monotonic() > deadline or make.poll() is not None:
                 break
             time.sleep(0.2)
