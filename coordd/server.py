@@ -316,13 +316,13 @@ class Daemon:
             return _version_error(v)
         return Error(code="bad_request", message=f"malformed request: {e}")
 
-    def _refused(self, req: Any, e: DomainError) -> None:
+    def _refused(self, req: Any, e: DomainError, agent_id: str | None = None) -> None:
         if e.code in ("lease_lost", "not_owner"):
             log.warning(
                 "lease_refused",
                 op=type(req).__name__,
                 code=e.code,
-                agent_id=getattr(req, "agent_id", None),
+                agent_id=getattr(req, "agent_id", agent_id),
                 work_item_id=getattr(req, "work_item_id", None),
                 lease=getattr(req, "lease", None),
             )
@@ -449,6 +449,7 @@ class Daemon:
             try:
                 hb(req.agent_id, now, beat.work_item_id, beat.lease)
             except DomainError as e:
+                self._refused(beat, e, req.agent_id)
                 errors.append(
                     {"work_item_id": beat.work_item_id, "code": e.code, "message": str(e)}
                 )
