@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from coordd import config
+from tests.conftest import write_toml
+from tests.service.test_notify import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,3 +146,37 @@ def test_the_default_configuration_is_the_service_layout() -> None:
     )
     assert cfg.control_socket == "/run/coordd/control.sock"
     assert cfg.metrics_listen == "127.0.0.1:9641"
+
+
+def test_the_packaged_daemon_starts_and_tells_systemd(deb: Deb, short_tmp: Path) -> None:
+    # The extracted /opt/coordd environment, run by Debian's python3.11 as systemd
+    # would run it, reaches READY=1 and stops cleanly on SIGTERM.
+    notify = NotifySocket(short_tmp / "notify.sock")
+    conf = short_tmp / "coordd.toml"
+    write_toml(
+        conf,
+        {
+            "coordination_dir": str(short_tmp / "state"),
+            "run_dir": str(short_tmp / "run"),
+            "metrics_listen": "",
+        },
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COORD", "JOURNAL", "NOTIFY"))}
+    python = deb.root / "opt" / "coordd" / "bin" / "python"
+    proc = subprocess.Popen(
+        [str(python), "-m", "coordd", "run", "--config", str(conf)],
+        env={**env, "NOTIFY_SOCKET": str(notify.path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        notify.wait_for("READY", "1", timeout=20)
+        assert (short_tmp / "run" / "control.sock").exists()
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING", "1", timeout=10)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
