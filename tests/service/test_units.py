@@ -95,3 +95,24 @@ def test_sysusers_and_tmpfiles_create_the_user_and_state_dir(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     st = os.stat(tmp_path / "var" / "lib" / "coordd")
     assert (st.st_mode & 0o777, str(st.st_uid), str(st.st_gid)) == (0o750, uid, gid)
+
+
+def test_systemd_analyze_security_rates_the_unit_well_hardened(tmp_path: Path) -> None:
+    # Offline scoring (no running systemd needed). 1.5 today; above 2.0 ("OK" ends
+    # at 4.9) means a hardening line was lost.
+    unit = (SYSTEMD / "coordd.service").read_text()
+    (tmp_path / "coordd.service").write_text(unit.replace("/usr/bin/coordd", str(BIN / "coordd")))
+    r = subprocess.run(
+        [
+            _tool("systemd-analyze"),
+            "security",
+            "--offline=true",
+            "--threshold=20",
+            "--no-pager",
+            str(tmp_path / "coordd.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
