@@ -705,7 +705,8 @@ class State:
         stale = 0
         for item in self.items.values():
             by_status[item.status] = by_status.get(item.status, 0) + 1
-            if item.stale_since is not None:
+            # A failed item keeps its stale_since as history; only active ones are stale.
+            if item.stale_since is not None and item.status == "active":
                 stale += 1
         return {**by_status, "stale": stale, "items": len(self.items), "agents": len(self.agents)}
 

@@ -63,3 +63,12 @@ def test_merge_applies_reloadable_keys_and_names_the_rest() -> None:
     assert (merged.stale_threshold, merged.recovery, merged.ai_provider) == (5.0, "retry", "claude")
     assert merged.run_dir == old.run_dir
     assert needs_restart == ["run_dir"]
+
+
+def test_an_item_failed_for_staleness_is_not_counted_as_stale() -> None:
+    # The STATUS= line and the coordd_stale_items gauge come from counts().
+    s, wid = _state_with_claim(10.0)
+    s.policy = Policy(stale_threshold=10.0, recovery="fail")
+    freshness.tick(s, 1020.0)
+    assert s.items[wid].status == "failed"
+    assert s.counts()["stale"] == 0 and s.counts()["failed"] == 1
