@@ -62,7 +62,8 @@ def _writes_to_journal(env: Mapping[str, str], stream: TextIO) -> bool:
 def _journal_renderer(_: Any, method: str, event: dict[str, Any]) -> str:
     level = event.pop("level", method)
     prio = SYSLOG_PRIORITY.get(level, 6)
-    name = event.pop("event", "")
+    # Our events are snake_case words; a library's free-text message gets quoted.
+    name = _kv(event.pop("event", ""))
     # None says nothing in a key=value line; leaving it out keeps lines short.
     rest = " ".join(f"{k}={_kv(v)}" for k, v in event.items() if v is not None)
     return f"<{prio}>{name} {rest}".rstrip()
@@ -76,26 +77,45 @@ def _kv(v: Any) -> str:
 
 
 def configure(fmt: str, level: str, env: Mapping[str, str], stream: TextIO | None = None) -> str:
-    """Configure structlog; returns the format chosen."""
-    fmt = pick_format(fmt, env, stream)
-    processors: list[Any] = [structlog.processors.add_log_level]
+    """Configure structlog (and the libraries' stdlib logging); returns the format chosen."""
+    out = stream or sys.stderr
+    fmt = pick_format(fmt, env, out)
+    render = _render_chain(fmt, out)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, *render],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    _route_stdlib(render, out)
+    return fmt
+
+
+def _render_chain(fmt: str, out: TextIO) -> list[Any]:
     if fmt == "journal":
-        processors += [structlog.processors.format_exc_info, _journal_renderer]
-    elif fmt == "json":
-        processors += [
+        return [structlog.processors.format_exc_info, _journal_renderer]
+    if fmt == "json":
+        return [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ]
-    else:
-        processors += [
-            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty()),
-        ]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
-        cache_logger_on_first_use=True,
+    return [
+        structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+        structlog.dev.ConsoleRenderer(colors=out.isatty()),
+    ]
+
+
+def _route_stdlib(render: list[Any], out: TextIO) -> None:
+    """Libraries (httpx, anthropic, ...) log through ``logging``: same format, same
+    stream, warnings and up only (httpx logs every request at info)."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        )
     )
-    return fmt
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import time
@@ -95,3 +96,10 @@ def test_a_multiline_value_stays_on_one_quoted_line(journal_log: io.StringIO) ->
     log.debug("hidden")
     (line,) = journal_log.getvalue().splitlines()
     assert line == '<3>snapshot_failed path="/var/lib/coordd/a b" error="disk \\"full\\"\\nretry"'
+
+
+def test_library_warnings_share_the_journal_format(journal_log: io.StringIO) -> None:
+    logging.getLogger("httpx").info("HTTP Request: POST http://x")  # below warning: dropped
+    logging.getLogger("httpx").warning("connection pool full")
+    (line,) = journal_log.getvalue().splitlines()
+    assert line == '<4>"connection pool full" logger=httpx'
