@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt venv clean bench bench-quick deb
+.PHONY: run test lint fmt venv clean bench bench-quick deb system-deps
 
 venv: $(STAMP)
 
@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check coordd coordctl tests
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q
 
 fmt: $(STAMP)
@@ -32,3 +32,18 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Debian tools the service tests use (tests/service): systemd-analyze,
+# systemd-sysusers and systemd-tmpfiles (package systemd), dpkg-deb (dpkg) and the
+# interpreter the .deb's venv is built for. Skipped when already present.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
+system-deps:
+	@command -v systemd-analyze >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) systemd; }
+	@command -v dpkg-deb >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) dpkg; }
+	@test -x /usr/bin/python3.11 || { $(SUDO) apt-get update && $(APT_INSTALL) python3.11; }
+
+# dist/coordd_<version>_<arch>.deb: coordd in its own venv under /opt/coordd, the
+# systemd unit, sysusers/tmpfiles files, /etc/coordd/coordd.toml, completions.
+deb: $(STAMP) system-deps
+	packaging/build-deb.sh dist

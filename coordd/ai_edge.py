@@ -59,6 +59,7 @@ class AiEdge:
         self.wake = wake
         self.reply = reply
         self._worker: AiWorker | None = None
+        self._outdated = False  # settings changed by a reload; rebuild when idle
         self._seq = 0
         self._waiting: dict[int, tuple[zmq.Socket[bytes], list[bytes]]] = {}
 
@@ -71,7 +72,18 @@ class AiEdge:
             protocol.AiStatus: self.on_status,
         }
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload (SIGHUP): the next analysis uses the new provider settings. A worker
+        with analyses in flight is replaced only once they are done, never cancelled."""
+        self.cfg = cfg
+        self._outdated = self._worker is not None
+
     def worker(self) -> AiWorker:
+        if self._outdated and self._worker is not None and self._worker.in_flight == 0:
+            self.drain()
+            self._worker.close()
+            self._worker = None
+            self._outdated = False
         if self._worker is None:  # imported on first use: a daemon without AI never pays
             from coordd.ai.worker import AiWorker, Settings
 

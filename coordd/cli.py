@@ -45,11 +45,17 @@ def main() -> None:
 @click.option("--log-format", help="auto | console | json | journal")
 def run(config_file: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from coordd.notify import Notifier
     from coordd.server import Daemon, StartupError
 
     cfg = _load(config_file, flags)
     logs.configure(cfg.log_format, cfg.log_level, os.environ)
-    daemon = Daemon(cfg)
+    daemon = Daemon(
+        cfg,
+        notifier=Notifier(os.environ),
+        # SIGHUP re-reads the same sources (file, environment, flags) as the start did.
+        load_config=lambda: config_mod.load(config_file, os.environ, flags),
+    )
     try:
         daemon.start()
     except StartupError as e:

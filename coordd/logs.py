@@ -3,12 +3,21 @@
 Formats: ``console`` (people at a terminal), ``json`` (log shippers), ``journal``
 (one ``key=value`` line per event with the ``<N>`` syslog priority prefix that
 journald turns into a priority, and no timestamp of our own: journald stamps it).
-``auto`` picks ``journal`` when ``JOURNAL_STREAM`` is set, else ``console``.
+``auto`` picks ``journal`` when ``JOURNAL_STREAM`` names the stream we write to
+(systemd sets it to that stream's ``device:inode``; a child whose stderr was
+redirected to a file inherits the variable but must not use the journal format),
+else ``console``.
+
+Event names are short snake_case verbs and ids are keys, never interpolated:
+``log.warning("stale_detected", work_item_id=..., agent_id=...)``. Events other
+modules are expected to log with their ids: ``snapshot_failed`` (error, ``path``),
+``provider_fallback`` (warning, ``provider``, ``fallback``, ``analysis``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -33,17 +42,30 @@ SYSLOG_PRIORITY = {
 }
 
 
-def pick_format(fmt: str, env: Mapping[str, str]) -> str:
+def pick_format(fmt: str, env: Mapping[str, str], stream: TextIO | None = None) -> str:
     if fmt != "auto":
         return fmt
-    return "journal" if env.get("JOURNAL_STREAM") else "console"
+    return "journal" if _writes_to_journal(env, stream or sys.stderr) else "console"
+
+
+def _writes_to_journal(env: Mapping[str, str], stream: TextIO) -> bool:
+    journal = env.get("JOURNAL_STREAM", "")
+    if not journal:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return True  # no file descriptor to compare: trust the variable
+    return journal == f"{st.st_dev}:{st.st_ino}"
 
 
 def _journal_renderer(_: Any, method: str, event: dict[str, Any]) -> str:
     level = event.pop("level", method)
     prio = SYSLOG_PRIORITY.get(level, 6)
-    name = event.pop("event", "")
-    rest = " ".join(f"{k}={_kv(v)}" for k, v in event.items())
+    # Our events are snake_case words; a library's free-text message gets quoted.
+    name = _kv(event.pop("event", ""))
+    # None says nothing in a key=value line; leaving it out keeps lines short.
+    rest = " ".join(f"{k}={_kv(v)}" for k, v in event.items() if v is not None)
     return f"<{prio}>{name} {rest}".rstrip()
 
 
@@ -55,26 +77,45 @@ def _kv(v: Any) -> str:
 
 
 def configure(fmt: str, level: str, env: Mapping[str, str], stream: TextIO | None = None) -> str:
-    """Configure structlog; returns the format chosen."""
-    fmt = pick_format(fmt, env)
-    processors: list[Any] = [structlog.processors.add_log_level]
+    """Configure structlog (and the libraries' stdlib logging); returns the format chosen."""
+    out = stream or sys.stderr
+    fmt = pick_format(fmt, env, out)
+    render = _render_chain(fmt, out)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, *render],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    _route_stdlib(render, out)
+    return fmt
+
+
+def _render_chain(fmt: str, out: TextIO) -> list[Any]:
     if fmt == "journal":
-        processors += [structlog.processors.format_exc_info, _journal_renderer]
-    elif fmt == "json":
-        processors += [
+        return [structlog.processors.format_exc_info, _journal_renderer]
+    if fmt == "json":
+        return [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ]
-    else:
-        processors += [
-            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty()),
-        ]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
-        cache_logger_on_first_use=True,
+    return [
+        structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+        structlog.dev.ConsoleRenderer(colors=out.isatty()),
+    ]
+
+
+def _route_stdlib(render: list[Any], out: TextIO) -> None:
+    """Libraries (httpx, anthropic, ...) log through ``logging``: same format, same
+    stream, warnings and up only (httpx logs every request at info)."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        )
     )
-    return fmt
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)

@@ -332,6 +332,22 @@ class State:
             expired.append(item)
         return expired
 
+    def requeue_deadlines(self) -> None:
+        """Rebuild the deadline heap from the active items under the current policy.
+
+        After a policy change (reload): ``pop_expired`` re-queues an entry that surfaces
+        too early, but an entry queued under a longer threshold would surface too late.
+        """
+        heap: list[tuple[float, str]] = []
+        for held in self._held.values():
+            for wid in held:
+                item = self.items[wid]
+                if item.stale_since is None:
+                    item.heap_deadline = self.deadline(item)
+                    heap.append((item.heap_deadline, wid))
+        heapq.heapify(heap)
+        self._heap = heap
+
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 

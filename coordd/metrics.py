@@ -1,0 +1,171 @@
+"""Prometheus exposition on ``metrics_listen`` (default ``127.0.0.1:9641``; ``""`` = off).
+
+Two kinds of metrics live here.
+
+Observed directly by the code that measures them (call these from your module):
+
+=====================================  ==============================================
+``TICK_SECONDS.observe(s)``            ``coordd_tick_duration_seconds`` (server)
+``SNAPSHOT_SECONDS.observe(s)``        ``coordd_snapshot_duration_seconds`` (journal)
+``JOURNAL_FSYNC_SECONDS.observe(s)``   ``coordd_journal_fsync_seconds`` (journal)
+``AI_REQUESTS.labels(provider,         ``coordd_ai_requests_total{provider,outcome}``
+outcome).inc()``                       (ai; outcome: ok, error, timeout, fallback, cached)
+``AI_REQUEST_SECONDS.labels(           ``coordd_ai_request_duration_seconds{provider}``
+provider).observe(s)``
+=====================================  ==============================================
+
+Taken from the state at scrape time (``StateCollector``): the loop hands over a
+``Sample`` on every tick (counters copied from ``State.counters``, counts, recoveries
+by strategy tallied from the events the loop already drains), so a heartbeat costs
+nothing extra and the HTTP thread never walks a dict the loop is changing:
+``coordd_heartbeats_total``, ``coordd_claims_total``, ``coordd_completions_total``,
+``coordd_stale_detected_total``, ``coordd_lease_refused_total``,
+``coordd_recoveries_total{strategy}``, ``coordd_items{status}`` and the gauges
+``coordd_active_items``, ``coordd_pending_items``, ``coordd_stale_items``, ``coordd_agents``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+# One registry for coordd (not the library's global one, which also carries
+# process/platform collectors we do not want to double-register in tests).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+TICK_SECONDS = Histogram(
+    "coordd_tick_duration_seconds",
+    "Time spent in one staleness tick (detection and recovery).",
+    buckets=_FAST,
+    registry=REGISTRY,
+)
+SNAPSHOT_SECONDS = Histogram(
+    "coordd_snapshot_duration_seconds",
+    "Time to write one snapshot (or, when forked, the loop's stall to fork it).",
+    buckets=_SLOW,
+    registry=REGISTRY,
+)
+JOURNAL_FSYNC_SECONDS = Histogram(
+    "coordd_journal_fsync_seconds",
+    "Latency of one journal fsync (one per group commit).",
+    buckets=_FAST,
+    registry=REGISTRY,
+)
+AI_REQUESTS = Counter(
+    "coordd_ai_requests",
+    "AI provider requests by provider and outcome (ok, error, timeout, fallback, cached).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+AI_REQUEST_SECONDS = Histogram(
+    "coordd_ai_request_duration_seconds",
+    "Duration of one AI provider request.",
+    ["provider"],
+    buckets=_SLOW,
+    registry=REGISTRY,
+)
+
+# State.counters keys exported as <name>_total, with their help text.
+STATE_COUNTERS = {
+    "heartbeats": "Heartbeats received (one per item refreshed).",
+    "claims": "Work items claimed.",
+    "completions": "Work items completed.",
+    "stale_detected": "Active items found stale.",
+    "lease_refused": "Requests refused because the lease was no longer the caller's.",
+}
+STRATEGIES = ("reassign", "retry", "fail")
+
+
+class Sample(msgspec.Struct, frozen=True):
+    """What the loop saw at one tick; replaced whole, never mutated after."""
+
+    counters: dict[str, int]
+    counts: dict[str, int]
+    recoveries: dict[str, int]
+
+
+class Tally:
+    """Recoveries by strategy, counted from the events the loop drains anyway."""
+
+    def __init__(self) -> None:
+        self.recoveries = dict.fromkeys(STRATEGIES, 0)
+
+    def count(self, event: str, detail: str | None) -> None:
+        if event == "recovered" and detail:
+            self.recoveries[detail] = self.recoveries.get(detail, 0) + 1
+
+
+class StateCollector:
+    """Exports the latest ``Sample``. Runs in the HTTP server's thread."""
+
+    def __init__(self) -> None:
+        self.sample = Sample(counters={}, counts={}, recoveries={})
+
+    def update(self, counters: Mapping[str, int], counts: Mapping[str, int], tally: Tally) -> None:
+        """Called by the loop on the tick: copies, then swaps one reference (atomic)."""
+        self.sample = Sample(dict(counters), dict(counts), dict(tally.recoveries))
+
+    def describe(self) -> list[Metric]:
+        return []  # metric names vary with the sample; let the registry not pre-check
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sample
+        for key, help_text in STATE_COUNTERS.items():
+            yield CounterMetricFamily(f"coordd_{key}", help_text, value=s.counters.get(key, 0))
+        rec = CounterMetricFamily(
+            "coordd_recoveries", "Automatic and manual recoveries by strategy.", labels=["strategy"]
+        )
+        for strategy, n in sorted(s.recoveries.items()):
+            rec.add_metric([strategy], n)
+        yield rec
+        items = GaugeMetricFamily("coordd_items", "Work items by status.", labels=["status"])
+        for status in ("pending", "active", "completed", "failed"):
+            items.add_metric([status], s.counts.get(status, 0))
+        yield items
+        for key, help_text in (
+            ("active", "Work items being worked on."),
+            ("pending", "Work items waiting for an agent."),
+            ("stale", "Work items currently marked stale."),
+        ):
+            yield GaugeMetricFamily(f"coordd_{key}_items", help_text, value=s.counts.get(key, 0))
+        yield GaugeMetricFamily("coordd_agents", "Known agents.", value=s.counts.get("agents", 0))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into (host, port). Raises ValueError."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"metrics_listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Exporter:
+    """The HTTP endpoint. ``start`` returns the bound (host, port): port 0 picks one."""
+
+    def __init__(self, collector: StateCollector) -> None:
+        self.collector = collector
+        self._server: Any = None
+
+    def start(self, listen: str) -> tuple[str, int]:
+        host, port = parse_listen(listen)
+        REGISTRY.register(self.collector)
+        try:
+            self._server, _thread = start_http_server(port, host, registry=REGISTRY)
+        except BaseException:
+            REGISTRY.unregister(self.collector)
+            raise
+        return host, int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            REGISTRY.unregister(self.collector)

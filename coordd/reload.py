@@ -1,0 +1,54 @@
+"""What a reload (SIGHUP, ``systemctl reload coordd``) may change in a running daemon.
+
+Thresholds, the recovery policy, tick and heartbeat intervals and the AI provider
+settings change in place; state is kept. Paths, endpoints, limits, the metrics
+address and logging are bound at start: a reload keeps their old values and names
+them, so the operator knows a restart is needed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from coordd.config import Config
+
+RELOADABLE = frozenset(
+    {
+        # freshness
+        "stale_threshold",
+        "heartbeat_interval",
+        "tick_interval",
+        "recovery",
+        "max_retries",
+        "retry_escalation",
+        "work_types",
+        # durability policy that the journal reads on each write
+        "snapshot_interval",
+        "legacy_export",
+        # AI providers (read by coordd/ai when it builds a request)
+        "ai_provider",
+        "ollama_host",
+        "ollama_model",
+        "claude_model",
+        "anthropic_base_url",
+        "anthropic_api_key",
+        "ai_timeout",
+    }
+)
+
+
+def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` for the reloadable keys, ``old`` for the rest; and the keys that differ
+    but need a restart."""
+    changes = {}
+    needs_restart = []
+    for field in msgspec.structs.fields(Config):
+        name = field.name
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if name in RELOADABLE:
+            changes[name] = after
+        else:
+            needs_restart.append(name)
+    return msgspec.structs.replace(old, **changes), needs_restart
