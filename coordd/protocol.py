@@ -170,6 +170,11 @@ class Status(Request, tag="status"):
     """Daemon health, counts and counters."""
 
 
+class Snapshot(Request, tag="snapshot"):
+    """Write a snapshot now, in the background (control socket only): ``coordctl snapshot``.
+    The reply says whether one was started; ``Status.snapshot`` tells when it is done."""
+
+
 # --- replies ----------------------------------------------------------------
 
 
@@ -204,6 +209,7 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Show,
     Agents,
     Status,
+    Snapshot,
 )
 
 

@@ -12,7 +12,6 @@ This module holds no business rules: which request does what is ``state`` and
 
 from __future__ import annotations
 
-import fcntl
 import grp
 import os
 import signal
@@ -26,7 +25,8 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, freshness, protocol
+from coordd import __version__, freshness, legacy, protocol
+from coordd import journal as journal_mod
 from coordd.config import Config
 from coordd.protocol import Error, Ok
 from coordd.state import DomainError, Limits, State
@@ -36,7 +36,7 @@ log = structlog.get_logger("coordd")
 Clock = Callable[[], float]
 
 # Requests an agent on the agent endpoint may not send (operators only).
-CONTROL_ONLY: frozenset[type] = frozenset()
+CONTROL_ONLY: frozenset[type] = frozenset({protocol.Snapshot})
 
 
 class VersionProbe(msgspec.Struct):
@@ -49,22 +49,16 @@ class StartupError(Exception):
     """coordd cannot start; the message says why and what to do."""
 
 
-class NullJournal:
-    """Keeps nothing. Stands in where durability is not wanted (and in core tests)."""
-
-    def write(self, records: list[Any]) -> None:  # noqa: D401 - interface
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Daemon:
-    def __init__(self, cfg: Config, clock: Clock = time.time, journal: Any = None) -> None:
+    def __init__(
+        self, cfg: Config, clock: Clock = time.time, journal: journal_mod.Journal | None = None
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
-        self.journal = journal or NullJournal()
+        self.journal = journal or journal_mod.Journal(cfg.state_dir, cfg.fsync)
+        self._next_snapshot = 0.0
+        self.last_snapshot: dict[str, Any] = {"count": 0, "running": False}
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
         self.started_at = clock()
@@ -88,6 +82,7 @@ class Daemon:
             protocol.Show: self.on_show,
             protocol.Agents: self.on_agents,
             protocol.Status: self.on_status,
+            protocol.Snapshot: self.on_snapshot,
         }
 
     # --- start and stop ----------------------------------------------------------
@@ -97,6 +92,7 @@ class Daemon:
         cfg = self.cfg
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
+        self._load_state()
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o750)
@@ -124,22 +120,10 @@ class Daemon:
         )
 
     def _lock_state_dir(self) -> None:
-        # ZeroMQ's ipc bind replaces an existing socket file, so a second daemon on the
-        # same directory would silently steal the first one's clients: refuse it here.
-        path = Path(self.cfg.state_dir) / "coordd.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StartupError(
-                f"another coordd (pid {other}) is running on {self.cfg.state_dir};"
-                " stop it or use another COORDINATION_DIR"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+            self._lock_fd = journal_mod.lock_state_dir(self.cfg.state_dir)
+        except journal_mod.JournalError as e:
+            raise StartupError(str(e)) from None
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
@@ -212,7 +196,9 @@ class Daemon:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
             self._flush()
+            self.on_wake(self.clock())
         log.info("stopping", reason="signal")
+        self._final_snapshot()
 
     def _clear_wakeup(self) -> None:
         try:
@@ -438,7 +424,101 @@ class Daemon:
             "events_endpoint": cfg.events_endpoint,
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
+            "snapshot": dict(self.last_snapshot),
         }
+
+    def on_snapshot(self, req: protocol.Snapshot, now: float, _c: bool) -> Any:
+        started = self._snapshot_background(now)
+        return {"started": started, **self.last_snapshot}
+
+    # --- durability: load, snapshot timer, final snapshot (the files are journal's) ----
+
+    def _load_state(self) -> None:
+        """Snapshot + journal replay (+ legacy import on a first start), before binding."""
+        try:
+            report = self.journal.load(self.state)
+        except journal_mod.JournalError as e:
+            raise StartupError(str(e)) from None
+        log.info(
+            "state_loaded",
+            snapshot=report.snapshot,
+            records_replayed=report.records,
+            torn_bytes_dropped=report.torn_bytes,
+            items=len(self.state.items),
+            generation=report.generation,
+        )
+        if (
+            not report.snapshot
+            and self.cfg.legacy_import
+            and legacy.has_legacy_files(self.cfg.coordination_dir)
+        ):
+            self._import_legacy()
+        self._next_snapshot = self.clock() + self.cfg.snapshot_interval
+
+    def _import_legacy(self) -> None:
+        directory = self.cfg.coordination_dir
+        records, summary = legacy.import_dir(directory, self.state, self.clock())
+        self.journal.write(records)
+        self.journal.sync()
+        log.info(
+            "legacy_imported",
+            directory=directory,
+            **{k: v for k, v in summary.imported.items()},
+            mapped=len(summary.mapped),
+            skipped=len(summary.skipped),
+        )
+        for line in summary.mapped:
+            log.info("legacy_mapped", detail=line)
+        for line in summary.skipped:
+            log.warning("legacy_skipped", detail=line)
+        self._snapshot_done(self.journal.snapshot(self.state, self.clock(), self._export_hook()))
+
+    def _export_hook(self) -> Callable[[], None] | None:
+        if not self.cfg.legacy_export:
+            return None
+        directory, state = self.cfg.coordination_dir, self.state
+        return lambda: legacy.export_dir(directory, state)
+
+    def on_wake(self, now: float) -> None:
+        """Durability chores on every wake-up: everysec fsync, snapshot child, timer."""
+        self.journal.tick()
+        result = self.journal.poll_snapshot()
+        if result is not None:
+            self._snapshot_done(result)
+        if now >= self._next_snapshot:
+            self._next_snapshot = now + self.cfg.snapshot_interval
+            self._snapshot_background(now)
+
+    def _snapshot_background(self, now: float) -> bool:
+        fds = (self._lock_fd,) if self._lock_fd is not None else ()
+        started = self.journal.snapshot_background(self.state, now, self._export_hook(), fds)
+        self.last_snapshot["running"] = self.journal.snapshot_running
+        return started
+
+    def _final_snapshot(self) -> None:
+        self._snapshot_done(self.journal.snapshot(self.state, self.clock(), self._export_hook()))
+
+    def _snapshot_done(self, result: journal_mod.SnapshotResult) -> None:
+        self.last_snapshot = {
+            "count": self.last_snapshot.get("count", 0) + 1,
+            "running": False,
+            "at": self.clock(),
+            **msgspec.structs.asdict(result),
+        }
+        if not result.ok:
+            self.health = "degraded"
+            self.degraded_reason = f"snapshot failed: {result.reason}"
+            log.error("snapshot_failed", reason=result.reason)
+            return
+        if self.degraded_reason.startswith("snapshot failed"):
+            self.health, self.degraded_reason = "ok", ""
+        log.info(
+            "snapshot_written",
+            seconds=round(result.seconds, 4),
+            blocked=round(result.blocked, 4),
+            bytes=result.bytes,
+            items=result.items,
+        )
 
 
 _NO_REPLY: Any = object()
