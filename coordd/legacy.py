@@ -219,9 +219,7 @@ class _Importer:
             legacy=legacy or None,
         )
 
-    def _status(
-        self, raw: Any, agent_id: str | None, wid: str, legacy: dict[str, Any]
-    ) -> str:
+    def _status(self, raw: Any, agent_id: str | None, wid: str, legacy: dict[str, Any]) -> str:
         if raw in STATUSES and not (raw == "active" and agent_id is None):
             return str(raw)
         status = map_status(raw, agent_id)
