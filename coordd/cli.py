@@ -43,6 +43,7 @@ def main() -> None:
 @click.option("--log-format", help="auto | console | json | journal")
 def run(config_file: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from coordd.journal import JournalError
     from coordd.server import Daemon, StartupError
 
     cfg = _load(config_file, flags)
@@ -56,6 +57,9 @@ def run(config_file: str | None, **flags: Any) -> None:
         sys.exit(1)
     try:
         daemon.run()
+    except JournalError as e:
+        click.echo(f"coordd: {e}", err=True)
+        sys.exit(1)
     finally:
         daemon.close()
 

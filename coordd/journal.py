@@ -392,12 +392,17 @@ class Journal:
         try:
             os.lseek(fd, self._offset, os.SEEK_SET)
             _write_all(fd, data)
-        except OSError:
+        except OSError as e:
             # Never leave half a batch in the middle of the file: later appends
-            # would turn a torn write into corruption.
+            # would turn a torn write into corruption. The batch was not acknowledged;
+            # the caller must stop rather than serve state the disk does not hold.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._offset)
-            raise
+            raise JournalError(
+                f"cannot append to {self.wal_path} at byte offset {self._offset}:"
+                f" {_os_reason(e, self.wal_path)}; coordd stops so that nothing"
+                " unwritten is acknowledged"
+            ) from e
         self._offset += len(data)
         self._dirty = True
         if self.fsync == "always":
@@ -410,7 +415,15 @@ class Journal:
 
     def sync(self) -> None:
         if self._fd is not None and self._dirty:
-            os.fdatasync(self._fd)
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                # After a failed fsync the kernel may have dropped the pages: what was
+                # written cannot be trusted to be on disk, so stop (PostgreSQL does too).
+                raise JournalError(
+                    f"cannot fsync {self.wal_path}: {_os_reason(e, self.wal_path)};"
+                    " coordd stops so that nothing unwritten is acknowledged"
+                ) from e
             self._dirty = False
         self._last_sync = time.monotonic()
 
@@ -483,7 +496,8 @@ class Journal:
         pid = os.fork()
         if pid == 0:  # the child: touch no socket, leave with os._exit
             os.close(r)
-            _child_main(w, self.snapshot_path, self._document(state, now), after, close_in_child)
+            doc = self._document(state, now)
+            _child_main(w, self.snapshot_path, doc, after, close_in_child, t0)
         os.close(w)
         self._child = _Child(pid, r, t0, generation, offset, len(state.items))
         self._child.blocked = time.monotonic() - t0
@@ -552,6 +566,7 @@ def _child_main(
     doc: Snapshot,
     after: Callable[[], None] | None,
     close_fds: tuple[int, ...],
+    t0: float,
 ) -> None:
     code = 1
     try:
@@ -560,7 +575,6 @@ def _child_main(
             # e.g. the state-dir lock: an orphan must not keep a restarted daemon out.
             with contextlib.suppress(OSError):
                 os.close(fd)
-        t0 = time.monotonic()
         out: dict[str, Any]
         try:
             size = _write_snapshot(path, doc, after)
@@ -621,7 +635,8 @@ class _Child:
         return SnapshotResult(
             ok=bool(out.get("ok")),
             reason=str(out.get("reason", "")),
-            seconds=took,
+            # the child's own figure: ours also counts the wait for our next tick
+            seconds=float(out.get("seconds", took)),
             blocked=self.blocked,
             bytes=int(out.get("bytes", 0)),
             items=self.items,

@@ -215,9 +215,7 @@ def test_a_snapshot_refused_by_the_os_degrades_keeps_serving_and_recovers(
         wait_for(lambda: "before" in _read(d.dir / "snapshot.json"), what="a first snapshot")
         good = (d.dir / "snapshot.json").read_bytes()
         os.chmod(d.dir, 0o500)  # nobody may no longer create the temporary file
-        wait_for(
-            lambda: d.call(protocol.Status())["health"] == "degraded", what="degraded health"
-        )
+        wait_for(lambda: d.call(protocol.Status())["health"] == "degraded", what="degraded health")
         status = d.ctl("status")
         assert "degraded (snapshot failed: Permission denied (EACCES)" in status.stdout
         # it keeps serving, and the journal still takes the transitions
@@ -308,3 +306,44 @@ def test_coordd_import_is_idempotent_and_never_touches_the_source(
     # a running daemon holds the state directory: the import says so and changes nothing
     busy = run_import()
     assert busy.returncode == 1 and "another coordd" in busy.stderr
+
+
+def _mount_tiny_tmpfs(path: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    path.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], capture_output=True
+    )
+    return r.returncode == 0
+
+
+def test_a_full_disk_under_the_journal_stops_coordd_without_losing_an_ack(
+    coordd_factory: Any, short_tmp: Path
+) -> None:
+    full = short_tmp / "full"
+    if not _mount_tiny_tmpfs(full):
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        d: CoorddProcess = coordd_factory(
+            {**FAST, "snapshot_interval": 3600, "state_dir": str(full)}
+        )
+        acked = []
+        refused = None
+        for n in range(200):  # 256 KiB fill up long before 200 x 9 KB
+            try:
+                d.call(protocol.Add(work_type="t", description="x" * 9000, work_item_id=f"w{n}"),
+                       timeout=2)  # fmt: skip
+            except Exception as e:
+                refused = e
+                break
+            acked.append(f"w{n}")
+        assert refused is not None and acked
+        assert d.proc is not None and d.proc.wait(timeout=15) == 1
+        assert "cannot append to" in d.log() and "ENOSPC" in d.log()
+        d.stop(signal.SIGKILL)
+        d.start()
+        assert set(acked) <= items_by_id(d).keys()
+        d.stop(signal.SIGKILL)
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
