@@ -444,7 +444,8 @@ def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
     With --wait (the default) polls Status until that snapshot is done; exit 1 if it failed.
     """
     data = call(ctx, protocol.Snapshot())
-    count = data.get("count", 0)
+    # A snapshot already running holds older state: wait for the one after it.
+    count = data.get("count", 0) + (1 if data.get("running") else 0)
     deadline = time.monotonic() + max(ctx.cfg.client_timeout, 60.0)
     while wait and time.monotonic() < deadline:
         data = call(ctx, protocol.Status())["snapshot"]
@@ -457,7 +458,7 @@ def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
 
     def human(d: dict[str, Any]) -> str:
         if "ok" not in d:
-            return "snapshot started"
+            return "snapshot requested"
         if not d["ok"]:
             return f"snapshot failed: {d['reason']}"
         return (

@@ -58,6 +58,7 @@ class Daemon:
         self.state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
         self.journal = journal or journal_mod.Journal(cfg.state_dir, cfg.fsync)
         self._next_snapshot = 0.0
+        self._snapshot_requested = False
         self.last_snapshot: dict[str, Any] = {"count": 0, "running": False}
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
@@ -428,8 +429,10 @@ class Daemon:
         }
 
     def on_snapshot(self, req: protocol.Snapshot, now: float, _c: bool) -> Any:
-        started = self._snapshot_background(now)
-        return {"started": started, **self.last_snapshot}
+        # Started from on_wake, after this batch is journaled: a snapshot taken here
+        # would hold records the journal does not have yet, and replay them twice.
+        self._snapshot_requested = True
+        return {"requested": True, **self.last_snapshot}
 
     # --- durability: load, snapshot timer, final snapshot (the files are journal's) ----
 
@@ -485,15 +488,16 @@ class Daemon:
         result = self.journal.poll_snapshot()
         if result is not None:
             self._snapshot_done(result)
-        if now >= self._next_snapshot:
+        due = now >= self._next_snapshot or self._snapshot_requested
+        if due and not self.journal.snapshot_running:
             self._next_snapshot = now + self.cfg.snapshot_interval
+            self._snapshot_requested = False
             self._snapshot_background(now)
 
-    def _snapshot_background(self, now: float) -> bool:
+    def _snapshot_background(self, now: float) -> None:
         fds = (self._lock_fd,) if self._lock_fd is not None else ()
-        started = self.journal.snapshot_background(self.state, now, self._export_hook(), fds)
+        self.journal.snapshot_background(self.state, now, self._export_hook(), fds)
         self.last_snapshot["running"] = self.journal.snapshot_running
-        return started
 
     def _final_snapshot(self) -> None:
         self._snapshot_done(self.journal.snapshot(self.state, self.clock(), self._export_hook()))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from coordd import protocol
 from tests.conftest import BIN, CoorddProcess
@@ -347,3 +348,30 @@ def test_a_full_disk_under_the_journal_stops_coordd_without_losing_an_ack(
         d.stop(signal.SIGKILL)
     finally:
         subprocess.run(["umount", "-l", str(full)], check=False)
+
+
+def test_a_snapshot_asked_for_in_the_same_batch_as_a_completion_counts_it_once(
+    coordd_factory: Any,
+) -> None:
+    d: CoorddProcess = coordd_factory({**FAST, "snapshot_interval": 3600})
+    items = [
+        d.call(protocol.Claim(agent_id="a", work_type="t", description="x")) for _ in range(20)
+    ]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect("ipc://" + d.control_socket)
+    try:
+        for item in items:  # pipelined: completions and snapshot requests share batches
+            sock.send(
+                d.codec.encode(protocol.Complete(work_item_id=item["work_item_id"], velocity=1))
+            )
+            sock.send(d.codec.encode(protocol.Snapshot()))
+        for _ in range(2 * len(items)):
+            assert isinstance(d.codec.reply_decoder.decode(sock.recv()), protocol.Ok)
+    finally:
+        sock.close(0)
+    wait_for(lambda: not d.call(protocol.Status())["snapshot"]["running"], what="snapshot end")
+    d.stop(signal.SIGKILL)
+    d.start()
+    assert d.call(protocol.Status())["team_velocity"] == {"": 20}
