@@ -221,7 +221,7 @@ def read_wal(path: Path) -> WalScan | None:
     while pos < len(data):
         problem, rec, nxt = _read_frame(data, pos)
         if problem:
-            if _is_tail(data, pos, nxt):
+            if _is_tail(data, nxt):
                 return WalScan(
                     generation=generation, records=records, end=pos, size=len(data), torn=True
                 )
@@ -251,7 +251,7 @@ def _read_frame(data: bytes, pos: int) -> tuple[str, Record | None, int]:
         return f"undecodable record ({e})", None, nxt
 
 
-def _is_tail(data: bytes, pos: int, nxt: int) -> bool:
+def _is_tail(data: bytes, nxt: int) -> bool:
     """A bad frame is a torn tail if nothing but zeros (or nothing) follows it."""
     return not data[nxt:].strip(b"\0")
 
@@ -450,16 +450,7 @@ class Journal:
         return self._child is not None
 
     def _document(self, state: State, now: float) -> Snapshot:
-        return Snapshot(
-            created_at=now,
-            wal_generation=self.generation,
-            wal_offset=self._offset,
-            lease_seq=state.lease_seq,
-            items=list(state.items.values()),
-            agents=list(state.agents.values()),
-            completions=state.completions,
-            team_velocity=state.team_velocity,
-        )
+        return document(state, now, self.generation, self._offset)
 
     def snapshot(
         self, state: State, now: float, after: Callable[[], None] | None = None
@@ -475,7 +466,7 @@ class Journal:
             size = _write_snapshot(self.snapshot_path, doc, after)
         except OSError as e:
             return SnapshotResult(ok=False, reason=_os_reason(e, self.snapshot_path))
-        self._start_afresh(doc.wal_generation, doc.wal_offset)
+        self._rotate(doc.wal_generation, doc.wal_offset)
         took = time.monotonic() - t0
         return SnapshotResult(ok=True, seconds=took, blocked=took, bytes=size, items=len(doc.items))
 
@@ -513,12 +504,16 @@ class Journal:
             return None
         self._child = None
         if result.ok:
-            try:
-                self._start_afresh(child.generation, child.offset)
-            except OSError as e:
-                # The snapshot is good and the old WAL still replays from its offset.
-                log.warning("journal_rotate_failed", reason=_os_reason(e, self.wal_path))
+            self._rotate(child.generation, child.offset)
         return result
+
+    def _rotate(self, generation: int, offset: int) -> None:
+        try:
+            self._start_afresh(generation, offset)
+        except OSError as e:
+            # The snapshot is good and the old WAL still replays from its offset;
+            # the next snapshot tries again.
+            log.warning("journal_rotate_failed", reason=_os_reason(e, self.wal_path))
 
     def _sync_before_snapshot(self) -> None:
         # The snapshot must never hold a transition that the WAL could still lose
@@ -539,6 +534,20 @@ class Journal:
         os.close(old)
         self.generation = generation + 1
         self._open_wal(len(header) + len(tail))
+
+
+def document(state: State, now: float, generation: int, offset: int) -> Snapshot:
+    """The snapshot of ``state``, covering the journal up to ``offset`` of ``generation``."""
+    return Snapshot(
+        created_at=now,
+        wal_generation=generation,
+        wal_offset=offset,
+        lease_seq=state.lease_seq,
+        items=list(state.items.values()),
+        agents=list(state.agents.values()),
+        completions=state.completions,
+        team_velocity=state.team_velocity,
+    )
 
 
 def _os_reason(e: OSError, path: Path) -> str:
@@ -665,6 +674,7 @@ def fsck(state_dir: str | Path, repair: bool, now: float) -> FsckReport:
     scan = _check(report, lambda: read_wal(wal_path))
     wal_corrupt = isinstance(scan, Corrupt)
     if scan is not None and not isinstance(scan, Corrupt) and scan.torn:
+        wal_corrupt = True  # what a repair cuts, it keeps a copy of
         report.problems.append(
             f"{wal_path}: torn last record at byte offset {scan.end}"
             f" ({scan.size - scan.end} bytes; start drops it by itself)"
@@ -741,15 +751,6 @@ def _salvage_wal(path: Path, snap: Snapshot | None) -> list[Record]:
 def _rewrite(d: Path, state: State, now: float) -> None:
     """A fresh, consistent pair: WAL generation 1 empty, snapshot covering it."""
     header = _HEADER.pack(WAL_MAGIC, WAL_VERSION, 1)
-    doc = Snapshot(
-        created_at=now,
-        wal_generation=1,
-        wal_offset=len(header),
-        lease_seq=state.lease_seq,
-        items=list(state.items.values()),
-        agents=list(state.agents.values()),
-        completions=state.completions,
-        team_velocity=state.team_velocity,
-    )
+    doc = document(state, now, 1, len(header))
     write_atomic(d / SNAPSHOT_NAME, msgspec.json.encode(doc))
     write_atomic(d / WAL_NAME, header)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,19 +158,32 @@ class _Importer:
     # --- work items ---
 
     def items(self, rows: list[Any]) -> None:
+        self._keyed(CLAIMS, rows, "work_item_id", "items", self.state.items, self._item)
+
+    def _keyed(
+        self,
+        source: str,
+        rows: list[Any],
+        key: str,
+        kind: str,
+        present: Mapping[str, Any],
+        build: Callable[[dict[str, Any], str], WorkItem | Agent],
+    ) -> None:
+        """Import rows identified by ``key``; the ones already present are counted."""
         for n, row in enumerate(rows):
             if not isinstance(row, dict):
-                self.skip(CLAIMS, n, f"not an object ({type(row).__name__})")
+                self.skip(source, n, f"not an object ({type(row).__name__})")
                 continue
-            wid = row.get("work_item_id")
-            if not isinstance(wid, str) or not wid:
-                self.skip(CLAIMS, n, "no work_item_id")
+            rid = row.get(key)
+            if not isinstance(rid, str) or not rid:
+                self.skip(source, n, f"no {key}")
                 continue
-            if wid in self.state.items:
-                self.summary.already_present["items"] += 1
+            if rid in present:
+                self.summary.already_present[kind] += 1
                 continue
-            self.apply(PutItem(self._item(row, wid)))
-            self.summary.imported["items"] += 1
+            built = build(row, rid)
+            self.apply(PutItem(built) if isinstance(built, WorkItem) else PutAgent(built))
+            self.summary.imported[kind] += 1
 
     def _item(self, row: dict[str, Any], wid: str) -> WorkItem:
         legacy = _extras(row, _ITEM_FIELDS)
@@ -230,19 +243,7 @@ class _Importer:
     # --- agents ---
 
     def agents(self, rows: list[Any]) -> None:
-        for n, row in enumerate(rows):
-            if not isinstance(row, dict):
-                self.skip(AGENTS, n, f"not an object ({type(row).__name__})")
-                continue
-            aid = row.get("agent_id")
-            if not isinstance(aid, str) or not aid:
-                self.skip(AGENTS, n, "no agent_id")
-                continue
-            if aid in self.state.agents:
-                self.summary.already_present["agents"] += 1
-                continue
-            self.apply(PutAgent(self._agent(row, aid)))
-            self.summary.imported["agents"] += 1
+        self._keyed(AGENTS, rows, "agent_id", "agents", self.state.agents, self._agent)
 
     def _agent(self, row: dict[str, Any], aid: str) -> Agent:
         legacy = _extras(row, _AGENT_FIELDS)

@@ -85,11 +85,16 @@ def test_every_policy_keeps_what_was_written_once_closed(d: Path, policy: str) -
     assert view(reload(d)[0]) == view(st)
 
 
-def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
+def written(d: Path, n: int) -> tuple[State, Path]:
+    """A closed journal holding n claims (and completions); its state and WAL path."""
     st, jr = open_fresh(d)
-    work(st, jr, 4)
+    work(st, jr, n)
     jr.close()
-    wal = d / journal.WAL_NAME
+    return st, d / journal.WAL_NAME
+
+
+def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
+    st, wal = written(d, 4)
     good_size = wal.stat().st_size
     with open(wal, "ab") as f:  # half a frame: the process died mid-append
         f.write(struct.pack(">II", 500, 0) + b"\x93\xa4item")
@@ -105,10 +110,7 @@ def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
 
 
 def test_a_bad_checksum_in_the_middle_refuses_with_file_offset_and_fsck(d: Path) -> None:
-    st, jr = open_fresh(d)
-    work(st, jr, 4)
-    jr.close()
-    wal = d / journal.WAL_NAME
+    _, wal = written(d, 4)
     data = bytearray(wal.read_bytes())
     first = journal._HEADER.size
     data[first + 12] ^= 0xFF  # inside the first record's payload
@@ -214,10 +216,7 @@ def test_a_failed_snapshot_keeps_the_previous_one_and_the_journal(d: Path) -> No
 
 
 def test_fsck_finds_reports_and_repairs_keeping_a_copy(d: Path) -> None:
-    st, jr = open_fresh(d)
-    work(st, jr, 6)
-    jr.close()
-    wal = d / journal.WAL_NAME
+    _, wal = written(d, 6)
     scan = journal.read_wal(wal)
     assert scan is not None
     damaged_at = scan.records[-2][0]
