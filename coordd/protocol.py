@@ -172,7 +172,8 @@ class Status(Request, tag="status"):
 
 class Snapshot(Request, tag="snapshot"):
     """Write a snapshot now, in the background (control socket only): ``coordctl snapshot``.
-    The reply says whether one was started; ``Status.snapshot`` tells when it is done."""
+    The reply carries the last snapshot's figures; ``Status.snapshot.count`` grows when
+    the requested one is done."""
 
 
 # --- replies ----------------------------------------------------------------

@@ -466,7 +466,7 @@ class Daemon:
         log.info(
             "legacy_imported",
             directory=directory,
-            **{k: v for k, v in summary.imported.items()},
+            **summary.imported,
             mapped=len(summary.mapped),
             skipped=len(summary.skipped),
         )
