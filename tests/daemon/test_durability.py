@@ -375,3 +375,17 @@ def test_a_snapshot_asked_for_in_the_same_batch_as_a_completion_counts_it_once(
     d.stop(signal.SIGKILL)
     d.start()
     assert d.call(protocol.Status())["team_velocity"] == {"": 20}
+
+
+@pytest.mark.parametrize("policy", ["everysec", "never"])
+def test_relaxed_fsync_policies_still_survive_a_process_crash(
+    coordd_factory: Any, policy: str
+) -> None:
+    """Without fsync per batch a kill -9 still loses nothing: the kernel holds the
+    journal (only a power loss can cost what was not yet flushed, see the README)."""
+    d: CoorddProcess = coordd_factory({**FAST, "fsync": policy, "snapshot_interval": 3600})
+    for n in range(50):
+        d.call(protocol.Claim(agent_id="a", work_type="t", description="x", work_item_id=f"w{n}"))
+    d.stop(signal.SIGKILL)
+    d.start()
+    assert {f"w{n}" for n in range(50)} <= items_by_id(d).keys()
