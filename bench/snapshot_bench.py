@@ -4,7 +4,8 @@
 
 For each size: a state with that many items (half active, a completion per
 fourth item), then a synchronous snapshot (what SIGTERM does) and a background
-one (fork; what the timer and `coordctl snapshot` do), on real files with fsync.
+one (fork; what the timer and `coordctl snapshot` do), on real files with fsync,
+then how long a start-up takes to load it back.
 """
 
 from __future__ import annotations
@@ -50,11 +51,17 @@ def measure(n: int) -> None:
             time.sleep(0.001)
         jr.close()
         assert sync.ok and result.ok, (sync, result)
+        t0 = time.monotonic()
+        loaded = State()
+        Journal(Path(d)).load(loaded)
+        load = time.monotonic() - t0
+        assert len(loaded.items) == n
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"{n:>9} items  {sync.bytes / 1e6:7.1f} MB  synchronous {sync.seconds * 1000:7.1f} ms"
             f"  | fork: loop blocked {blocked * 1000:6.2f} ms, durable after"
-            f" {result.seconds * 1000:7.1f} ms  (rss {rss:.0f} MB)"
+            f" {result.seconds * 1000:7.1f} ms  | start-up load {load * 1000:7.1f} ms"
+            f"  (rss {rss:.0f} MB)"
         )
 
 
