@@ -436,5 +436,40 @@ def status(ctx: Ctx, as_json: bool) -> None:
     emit(as_json, call(ctx, protocol.Status()), human)
 
 
+@command()
+@click.option("--wait/--no-wait", default=True, help="Wait until the snapshot is on disk.")
+def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
+    """Write a snapshot now (sends Snapshot; the daemon forks a writer).
+
+    With --wait (the default) polls Status until that snapshot is done; exit 1 if it failed.
+    """
+    data = call(ctx, protocol.Snapshot())
+    # A snapshot already running holds older state: wait for the one after it.
+    count = data.get("count", 0) + (1 if data.get("running") else 0)
+    deadline = time.monotonic() + max(ctx.cfg.client_timeout, 60.0)
+    while wait and time.monotonic() < deadline:
+        data = call(ctx, protocol.Status())["snapshot"]
+        if data.get("count", 0) > count and not data.get("running"):
+            break
+        time.sleep(0.05)
+    else:
+        if wait:
+            fail("the snapshot did not finish in time; see `coordctl status`", EXIT_REFUSED)
+
+    def human(d: dict[str, Any]) -> str:
+        if "ok" not in d:
+            return "snapshot requested"
+        if not d["ok"]:
+            return f"snapshot failed: {d['reason']}"
+        return (
+            f"snapshot written: {d['items']} items, {d['bytes']} bytes in {d['seconds']:.3f}s"
+            f" (loop blocked {d['blocked'] * 1000:.1f} ms)"
+        )
+
+    emit(as_json, data, human)
+    if wait and not data.get("ok"):
+        sys.exit(EXIT_REFUSED)
+
+
 # Command groups kept in their own modules register themselves on ``main``.
 from coordctl import ai_cmds, freshness_cmds, keys_cmds  # noqa: E402, F401

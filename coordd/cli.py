@@ -45,6 +45,7 @@ def main() -> None:
 @click.option("--log-format", help="auto | console | json | journal")
 def run(config_file: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from coordd.journal import JournalError
     from coordd.notify import Notifier
     from coordd.server import Daemon, StartupError
 
@@ -64,6 +65,9 @@ def run(config_file: str | None, **flags: Any) -> None:
         sys.exit(1)
     try:
         daemon.run()
+    except JournalError as e:
+        click.echo(f"coordd: {e}", err=True)
+        sys.exit(1)
     finally:
         daemon.close()
 
@@ -79,3 +83,86 @@ def check_config(config_file: str | None) -> None:
         if key in SECRET_KEYS and value:
             value = "<set>"  # never print a credential to a terminal or a log
         click.echo(f"{key} = {value!r}")
+
+
+@main.command("import")
+@config_option
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def import_(config_file: str | None, directory: str) -> None:
+    """Import the old script's JSON files from DIRECTORY (coordd must be stopped).
+
+    Reads work_claims.json, agent_status.json, coordination_log.json and
+    velocity_log.txt without changing them; importing twice adds nothing twice.
+    The import is written to the journal and followed by a snapshot.
+    """
+    import time
+
+    from coordd import journal, legacy
+    from coordd.state import Limits, State
+
+    cfg = _load(config_file, {})
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    lock = _lock_or_exit(cfg.state_dir)
+    jr = journal.Journal(cfg.state_dir, cfg.fsync)
+    try:
+        state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
+        jr.load(state)
+        records, summary = legacy.import_dir(directory, state, time.time())
+        jr.write(records)
+        jr.sync()
+        export = None
+        if cfg.legacy_export:
+            export = lambda: legacy.export_dir(cfg.coordination_dir, state)  # noqa: E731
+        result = jr.snapshot(state, time.time(), export)
+    except journal.JournalError as e:
+        click.echo(f"coordd: {e}", err=True)
+        sys.exit(1)
+    finally:
+        jr.close()
+        os.close(lock)
+    for line in summary.lines():
+        click.echo(line)
+    if not result.ok:
+        click.echo(f"coordd: imported into the journal, but the snapshot failed: {result.reason}")
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("--repair", is_flag=True, help="Cut the damage (keeping a copy) and rewrite.")
+def fsck(config_file: str | None, repair: bool) -> None:
+    """Check snapshot.json and journal.wal in the state directory (coordd must be stopped).
+
+    With --repair: a corrupt snapshot is moved aside and a damaged journal copied
+    aside (``*.corrupt-<time>``); what can be read is kept and a fresh, consistent
+    snapshot and journal are written. Exit status 1 when problems remain.
+    """
+    import time
+
+    from coordd import journal
+
+    cfg = _load(config_file, {})
+    lock = _lock_or_exit(cfg.state_dir)
+    try:
+        report = journal.fsck(cfg.state_dir, repair, time.time())
+    finally:
+        os.close(lock)
+    for line in report.problems:
+        click.echo(f"problem: {line}")
+    for line in report.actions:
+        click.echo(f"repair: {line}")
+    if report.clean:
+        click.echo(f"{cfg.state_dir}: snapshot and journal are consistent")
+    elif not repair:
+        click.echo("run `coordd fsck --repair` to repair (copies of what is cut are kept)")
+        sys.exit(1)
+
+
+def _lock_or_exit(state_dir: str) -> int:
+    from coordd import journal
+
+    try:
+        return journal.lock_state_dir(state_dir)
+    except journal.JournalError as e:
+        click.echo(f"coordd: {e}", err=True)
+        sys.exit(1)

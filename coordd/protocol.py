@@ -254,6 +254,12 @@ class AiStatus(Request, tag="ai_status"):
     """Providers, reachability, models, cache: ``coordctl ai-status``."""
 
 
+class Snapshot(Request, tag="snapshot"):
+    """Write a snapshot now, in the background (control socket only): ``coordctl snapshot``.
+    The reply carries the last snapshot's figures; ``Status.snapshot.count`` grows when
+    the requested one is done."""
+
+
 # --- replies ----------------------------------------------------------------
 
 
@@ -296,6 +302,7 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     AiAnalyze,
     AiRecommendClaim,
     AiStatus,
+    Snapshot,
 )
 
 

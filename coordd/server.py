@@ -12,7 +12,6 @@ This module holds no business rules: which request does what is ``state`` and
 
 from __future__ import annotations
 
-import fcntl
 import grp
 import math
 import os
@@ -27,7 +26,8 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, ai_edge, freshness, keys, metrics, protocol
+from coordd import __version__, ai_edge, freshness, keys, legacy, metrics, protocol
+from coordd import journal as journal_mod
 from coordd.config import Config, ConfigError
 from coordd.notify import Notifier
 from coordd.protocol import Error, Ok
@@ -43,7 +43,9 @@ Clock = Callable[[], float]
 # Import, Reload, the AI analyses...). ``_handle`` checks it after decoding and before
 # any handler, so a handler never needs its own check; tests/daemon/test_security.py
 # asserts that every listed type is refused on the agent endpoint.
-CONTROL_ONLY: frozenset[type] = frozenset({protocol.RecoverStale, *ai_edge.REQUESTS})
+CONTROL_ONLY: frozenset[type] = frozenset(
+    {protocol.RecoverStale, protocol.Snapshot, *ai_edge.REQUESTS}
+)
 
 
 class VersionProbe(msgspec.Struct):
@@ -56,22 +58,12 @@ class StartupError(Exception):
     """coordd cannot start; the message says why and what to do."""
 
 
-class NullJournal:
-    """Keeps nothing. Stands in where durability is not wanted (and in core tests)."""
-
-    def write(self, records: list[Any]) -> None:  # noqa: D401 - interface
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Daemon:
     def __init__(
         self,
         cfg: Config,
         clock: Clock = time.time,
-        journal: Any = None,
+        journal: journal_mod.Journal | None = None,
         notifier: Notifier | None = None,
         load_config: Callable[[], Config] | None = None,
     ) -> None:
@@ -79,7 +71,10 @@ class Daemon:
         self.clock = clock
         self.state = State(cfg.policy(), _limits(cfg))
         self.state.heartbeat_events = cfg.publish_heartbeats
-        self.journal = journal or NullJournal()
+        self.journal = journal or journal_mod.Journal(cfg.state_dir, cfg.fsync)
+        self._next_snapshot = 0.0
+        self._snapshot_requested = False
+        self.last_snapshot: dict[str, Any] = {"count": 0, "running": False}
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
         self.started_at = clock()
@@ -119,6 +114,7 @@ class Daemon:
             protocol.CheckStale: self.on_check_stale,
             protocol.RecoverStale: self.on_recover_stale,
             protocol.Freshness: self.on_freshness,
+            protocol.Snapshot: self.on_snapshot,
         }
         # AI analyses run off the loop; the worker wakes us through the wake-up socket.
         self.ai = ai_edge.AiEdge(cfg, self.state, self._wake_loop, self._reply)
@@ -133,6 +129,7 @@ class Daemon:
         self._check_control_only()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
+        self._load_state()
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o750)
@@ -175,22 +172,10 @@ class Daemon:
             raise StartupError(f"CONTROL_ONLY lists requests with no handler: {unknown}")
 
     def _lock_state_dir(self) -> None:
-        # ZeroMQ's ipc bind replaces an existing socket file, so a second daemon on the
-        # same directory would silently steal the first one's clients: refuse it here.
-        path = Path(self.cfg.state_dir) / "coordd.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StartupError(
-                f"another coordd (pid {other}) is running on {self.cfg.state_dir};"
-                " stop it or use another COORDINATION_DIR"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+            self._lock_fd = journal_mod.lock_state_dir(self.cfg.state_dir)
+        except journal_mod.JournalError as e:
+            raise StartupError(str(e)) from None
 
     def _bind(
         self, kind: int, endpoint: str, ring: keys.KeyRing | None = None
@@ -364,9 +349,11 @@ class Daemon:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
             self._flush()
+            self.on_wake(self.clock())
             self.notifier.ping()
         self.notifier.stopping()
         log.info("stopping", reason="signal")
+        self._final_snapshot()
 
     def _wake_loop(self) -> None:
         """Called from another thread (the AI worker): make the poller return."""
@@ -697,6 +684,7 @@ class Daemon:
             "events_endpoint": cfg.events_endpoint,
             "state_dir": cfg.state_dir,
             "coordination_dir": cfg.coordination_dir,
+            "snapshot": dict(self.last_snapshot),
             "ai": self.ai.counters(),
         }
 
@@ -717,6 +705,102 @@ class Daemon:
             "heartbeat_interval": self.cfg.heartbeat_interval,
             "tick_interval": self.cfg.tick_interval,
         }
+
+    def on_snapshot(self, req: protocol.Snapshot, now: float, _c: bool) -> Any:
+        # Started from on_wake, after this batch is journaled: a snapshot taken here
+        # would hold records the journal does not have yet, and replay them twice.
+        self._snapshot_requested = True
+        return {"requested": True, **self.last_snapshot}
+
+    # --- durability: load, snapshot timer, final snapshot (the files are journal's) ----
+
+    def _load_state(self) -> None:
+        """Snapshot + journal replay (+ legacy import on a first start), before binding."""
+        try:
+            report = self.journal.load(self.state)
+        except journal_mod.JournalError as e:
+            raise StartupError(str(e)) from None
+        log.info(
+            "state_loaded",
+            snapshot=report.snapshot,
+            records_replayed=report.records,
+            torn_bytes_dropped=report.torn_bytes,
+            items=len(self.state.items),
+            generation=report.generation,
+        )
+        if (
+            not report.snapshot
+            and self.cfg.legacy_import
+            and legacy.has_legacy_files(self.cfg.coordination_dir)
+        ):
+            self._import_legacy()
+        self._next_snapshot = self.clock() + self.cfg.snapshot_interval
+
+    def _import_legacy(self) -> None:
+        directory = self.cfg.coordination_dir
+        records, summary = legacy.import_dir(directory, self.state, self.clock())
+        self.journal.write(records)
+        self.journal.sync()
+        log.info(
+            "legacy_imported",
+            directory=directory,
+            **summary.imported,
+            mapped=len(summary.mapped),
+            skipped=len(summary.skipped),
+        )
+        for line in summary.mapped:
+            log.info("legacy_mapped", detail=line)
+        for line in summary.skipped:
+            log.warning("legacy_skipped", detail=line)
+        self._snapshot_done(self.journal.snapshot(self.state, self.clock(), self._export_hook()))
+
+    def _export_hook(self) -> Callable[[], None] | None:
+        if not self.cfg.legacy_export:
+            return None
+        directory, state = self.cfg.coordination_dir, self.state
+        return lambda: legacy.export_dir(directory, state)
+
+    def on_wake(self, now: float) -> None:
+        """Durability chores on every wake-up: everysec fsync, snapshot child, timer."""
+        self.journal.tick()
+        result = self.journal.poll_snapshot()
+        if result is not None:
+            self._snapshot_done(result)
+        due = now >= self._next_snapshot or self._snapshot_requested
+        if due and not self.journal.snapshot_running:
+            self._next_snapshot = now + self.cfg.snapshot_interval
+            self._snapshot_requested = False
+            self._snapshot_background(now)
+
+    def _snapshot_background(self, now: float) -> None:
+        fds = (self._lock_fd,) if self._lock_fd is not None else ()
+        self.journal.snapshot_background(self.state, now, self._export_hook(), fds)
+        self.last_snapshot["running"] = self.journal.snapshot_running
+
+    def _final_snapshot(self) -> None:
+        self._snapshot_done(self.journal.snapshot(self.state, self.clock(), self._export_hook()))
+
+    def _snapshot_done(self, result: journal_mod.SnapshotResult) -> None:
+        self.last_snapshot = {
+            "count": self.last_snapshot.get("count", 0) + 1,
+            "running": False,
+            "at": self.clock(),
+            **msgspec.structs.asdict(result),
+        }
+        if not result.ok:
+            self.health = "degraded"
+            self.degraded_reason = f"snapshot failed: {result.reason}"
+            log.error("snapshot_failed", reason=result.reason)
+            return
+        if self.degraded_reason.startswith("snapshot failed"):
+            self.health, self.degraded_reason = "ok", ""
+        log.info(
+            "snapshot_written",
+            seconds=round(result.seconds, 4),
+            blocked=round(result.blocked, 4),
+            bytes=result.bytes,
+            items=result.items,
+        )
 
 
 _NO_REPLY: Any = object()
