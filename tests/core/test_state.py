@@ -215,3 +215,12 @@ def test_progress_out_of_range_is_refused(st: State) -> None:
     with pytest.raises(BadRequest, match="0-100"):
         st.progress(item.work_item_id, 101, T0, agent_id="a")
     assert item.progress == 0
+
+
+def test_a_burst_of_claims_at_one_instant_stays_linear(st: State) -> None:
+    """10,000 claims at the same ``now`` all get distinct, time-ordered ids without
+    rescanning every earlier id (the old walk made this quadratic)."""
+    ids = [st.claim("a", "t", "d", T0).work_item_id for _ in range(10_000)]
+    assert len(set(ids)) == 10_000
+    assert ids == sorted(ids, key=lambda i: int(i.split("_")[1]))
+    assert st.add("t", "d", T0 - 5).work_item_id not in set(ids)
