@@ -151,20 +151,33 @@ def claim(
     as_json: bool,
 ) -> None:
     """Create a work item and claim it at once (sends Claim)."""
-    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
-    data = call(
-        ctx,
-        protocol.Claim(
-            agent_id=agent_id,
-            work_type=work_type,
-            description=description,
-            priority=cast(Any, priority),
-            team=team,
-            work_item_id=work_item_id,
-            stale_after=stale_after,
-        ),
-    )
+    data = claim_item(ctx, agent, work_type, description, priority, team, work_item_id, stale_after)
     emit(as_json, data, _claimed_line)
+
+
+def claim_item(
+    ctx: Ctx,
+    agent: str | None,
+    work_type: str,
+    description: str,
+    priority: str,
+    team: str,
+    work_item_id: str | None = None,
+    stale_after: float | None = None,
+) -> dict[str, Any]:
+    """Send Claim as the given agent, else $AGENT_ID, else a new ``agent_<ns>`` (the old
+    script's default); the claimed item as plain data."""
+    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
+    req = protocol.Claim(
+        agent_id=agent_id,
+        work_type=work_type,
+        description=description,
+        priority=cast(Any, priority),
+        team=team,
+        work_item_id=work_item_id,
+        stale_after=stale_after,
+    )
+    return cast(dict[str, Any], to_builtins(call(ctx, req)))
 
 
 @command("claim-next")

@@ -21,7 +21,7 @@ import msgspec
 import zmq
 
 from coordctl import render
-from coordctl.cli import PRIORITY, Ctx, _claimed_line, call, command, emit, fail
+from coordctl.cli import PRIORITY, Ctx, _claimed_line, call, claim_item, command, emit, fail
 from coordctl.client import (
     EXIT_AI_DECLINED,
     EXIT_LEASE_LOST,
@@ -361,20 +361,8 @@ def claim_enhanced(
     priority, proceed = apply_claim_recommendation(advice, priority, respect_ai)
     if not proceed:
         sys.exit(EXIT_AI_DECLINED)
-    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
-    item = to_builtins(
-        call(
-            ctx,
-            protocol.Claim(
-                agent_id=agent_id,
-                work_type=work_type,
-                description=description,
-                priority=cast(Any, priority),
-                team=team,
-                stale_after=stale_after,
-            ),
-        )
-    )
+    item = claim_item(ctx, agent, work_type, description, priority, team, None, stale_after)
+    agent_id = item["agent_id"]
     running = read_pid(str(_pid_file(ctx)))
     if running is not None and pid_alive(running):
         heartbeat = f"heartbeat daemon already running (pid {running})"

@@ -16,3 +16,18 @@ def wait_for(cond: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) 
             return value
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def status_when_up(coordctl: str, env: dict[str, str], cwd: str, timeout: float = 30.0) -> Any:
+    """Run ``coordctl status --json`` until it succeeds (a daemon starting in another
+    process), at most ``timeout`` seconds; the last CompletedProcess either way."""
+    import subprocess
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(
+            [coordctl, "status", "--json"], env=env, capture_output=True, text=True, cwd=cwd
+        )
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)

@@ -15,6 +15,7 @@ import zmq
 
 from coordd import protocol
 from tests.conftest import BIN, CoorddProcess
+from tests.helpers import status_when_up
 
 
 def test_claim_list_progress_complete_with_coordctl(coordd: CoorddProcess) -> None:
@@ -188,18 +189,7 @@ def test_only_coordination_dir_is_needed_to_find_each_other(short_tmp: Any) -> N
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            r = subprocess.run(
-                [str(BIN / "coordctl"), "status", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=str(short_tmp),
-            )
-            if r.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        r = status_when_up(str(BIN / "coordctl"), env, str(short_tmp))
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["coordination_dir"] == env["COORDINATION_DIR"]
     finally:

@@ -7,8 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.helpers import status_when_up
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -26,18 +27,7 @@ def test_make_run_serves_coordctl_from_another_shell(short_tmp: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            r = subprocess.run(
-                [str(BIN / "coordctl"), "status", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=str(short_tmp),
-            )
-            if r.returncode == 0 or time.monotonic() > deadline or make.poll() is not None:
-                break
-            time.sleep(0.2)
+        r = status_when_up(str(BIN / "coordctl"), env, str(short_tmp), timeout=60)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["health"] == "ok"
     finally:
