@@ -601,11 +601,21 @@ def _child_main(
 _PR_SET_PDEATHSIG = 1
 
 
+def _load_libc() -> Any:
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL(None, use_errno=True)
+    return None
+
+
+# Loaded once in the parent: dlopen in a child forked from a threaded process (the AI
+# worker, the metrics server) could deadlock on a loader lock another thread held at fork.
+_LIBC = _load_libc()
+
+
 def _die_with_parent() -> None:
     # If the daemon is SIGKILLed, its snapshot child goes too (Linux only; best effort).
     with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
 
