@@ -33,7 +33,7 @@ STEPS: list[tuple[str, Callable[[Bench], object]]] = [
     ("s678", Bench.big_daemon),
     ("s9", Bench.ai_isolation),
 ]
-REFS = {"ref_echo", "ref_fsync"}
+REFS = {"ref_one_way", "ref_echo", "ref_fsync"}
 
 
 def main(argv: list[str] | None = None) -> int:
