@@ -13,7 +13,9 @@ import collections
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import workers
 from bench.harness import BenchDaemon, load_items, request
@@ -22,7 +24,7 @@ from bench.scenarios import MAX_MSGS
 HERE = Path(__file__).resolve().parent
 
 
-def _loads(d: BenchDaemon) -> dict[str, tuple[object, list[tuple[object, ...]]]]:
+def _loads(d: BenchDaemon) -> dict[str, tuple[Callable[..., Any], list[tuple[Any, ...]]]]:
     items = load_items(d, 800, agents=8)
     single = [
         [request("heartbeat", agent_id=a, work_item_id=w, lease=lease) for a, w, lease in items
