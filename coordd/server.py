@@ -366,16 +366,11 @@ class Daemon:
     def on_heartbeat_batch(self, req: protocol.HeartbeatBatch, now: float, _c: bool) -> Any:
         if len(req.items) > self.cfg.max_batch:
             raise _bad(f"batch of {len(req.items)} items; the limit is {self.cfg.max_batch}")
-        errors = []
-        hb = self.state.heartbeat
-        for beat in req.items:
-            try:
-                hb(req.agent_id, now, beat.work_item_id, beat.lease)
-            except DomainError as e:
-                errors.append(
-                    {"work_item_id": beat.work_item_id, "code": e.code, "message": str(e)}
-                )
-        if errors:
+        refused = self.state.heartbeat_items(req.agent_id, now, req.items)
+        if refused:
+            errors = [
+                {"work_item_id": wid, "code": e.code, "message": str(e)} for wid, e in refused
+            ]
             # The agent needs to know which leases it lost; everything else was applied.
             return {"refreshed": len(req.items) - len(errors), "errors": errors}
         return {"refreshed": len(req.items)} if req.ack else _NO_REPLY
