@@ -80,7 +80,8 @@ class BenchDaemon:
             "state_dir": str(self.state_dir),
             "run_dir": str(self.base / "run"),
             "metrics_listen": "",
-            "log_level": "warning",
+            "log_level": "info",
+            "log_format": "journal",
             **(config or {}),
         }
         self.config_path = self.base / "coordd.toml"
