@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     ap.add_argument("--markdown", type=Path, default=None, help="BENCHMARKS.md to refresh")
     args = ap.parse_args(argv)
+    # A bench stopped by SIGTERM (a timeout, CI) unwinds like Ctrl-C, so every daemon
+    # and peer it started is stopped by its ``finally`` instead of being left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = QUICK if args.quick else FULL
     md = args.markdown or (None if args.quick or args.only else HERE.parent / "BENCHMARKS.md")
     bench = Bench(sizes)
