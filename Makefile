@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt venv clean bench bench-quick deb system-deps
+.PHONY: run test lint fmt venv clean bench bench-quick bench-deps bench-redis deb system-deps
 
 venv: $(STAMP)
 
@@ -20,15 +20,37 @@ run: $(STAMP)
 	$(BIN)/coordd run
 
 lint: $(STAMP)
-	$(BIN)/ruff check coordd coordctl tests
+	$(BIN)/ruff check coordd coordctl tests bench
 	$(BIN)/mypy
 
 test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix coordd coordctl tests
-	$(BIN)/ruff format coordd coordctl tests
+	$(BIN)/ruff check --fix coordd coordctl tests bench
+	$(BIN)/ruff format coordd coordctl tests bench
+
+# Benchmarks (see BENCHMARKS.md). The bench's own set-up: the `bench` extra (redis
+# client, py-spy) and Debian's redis-server for the peer; when redis-server cannot be
+# installed the peer is skipped with a note, never the whole run.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+bench-deps: $(BENCH_STAMP) bench-redis
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' || echo "bench: the bench extra could not be installed; the Redis peer will be skipped"
+	touch $(BENCH_STAMP)
+
+bench-redis:
+	@command -v redis-server >/dev/null 2>&1 || command -v /usr/bin/redis-server >/dev/null 2>&1 \
+	  || ( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null 2>&1 ) \
+	  || echo "bench: redis-server could not be installed; the Redis peer will be skipped"
+
+bench: bench-deps
+	$(BIN)/python -m bench.run
+
+bench-quick: bench-deps
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ import pytest
 
 from coordd import freshness
 from coordd.freshness import Policy, TypeRule
+from coordd.protocol import ItemBeat
 from coordd.state import Conflict, LeaseLost, NotOwner, State, WorkItem
 
 T0 = 1_750_000_000.0
@@ -332,8 +333,9 @@ def test_heartbeat_events_only_when_asked_and_one_per_batch() -> None:
     st.heartbeat("a", T0 + 1)
     assert events(st) == []  # off by default: the hot path allocates nothing
     st.heartbeat_events = True
+    beats = [ItemBeat(i.work_item_id, i.lease) for i in items]
     refreshed, refused = st.heartbeat_batch(
-        "a", T0 + 2, [(i.work_item_id, i.lease) for i in items] + [(items[0].work_item_id, 999)]
+        "a", T0 + 2, [*beats, ItemBeat(items[0].work_item_id, 999)]
     )
     assert refreshed == 3 and [(w, e.code) for w, e in refused] == [
         (items[0].work_item_id, "lease_lost")

@@ -1,0 +1,1 @@
+"""The bench: `make bench` / `make bench-quick` (see BENCHMARKS.md)."""
