@@ -219,7 +219,7 @@ def pipelined(
 ) -> list[dict[str, Any]]:
     """Send many requests with at most ``window`` unanswered; the replies in order.
 
-    The window stays under the ROUTER's send high-water mark (1000 by default): coordd
+    The window stays well under the ROUTER's send high-water mark (server.REPLY_HWM): coordd
     drops replies beyond it rather than block its loop.
     """
     replies: list[dict[str, Any]] = []

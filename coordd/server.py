@@ -54,6 +54,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
+# Replies that may wait in ZeroMQ's queue for one peer that is slow to read them.
+REPLY_HWM = 100_000
+
+
 class VersionProbe(msgspec.Struct):
     """Reads only ``v`` from a request we could not decode, to tell a version mismatch."""
 
@@ -192,6 +196,9 @@ class Daemon:
             keys.secure_server(sock, ring)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
+            # ZeroMQ's default of 1,000 queued messages per peer would silently drop the
+            # replies of a client that pipelines more than that; replies are small.
+            sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
             # A reply to a peer that vanished is dropped, not an error.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         try:

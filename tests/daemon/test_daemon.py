@@ -195,3 +195,19 @@ def test_only_coordination_dir_is_needed_to_find_each_other(short_tmp: Any) -> N
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_client_pipelining_thousands_of_requests_gets_every_reply(
+    coordd: CoorddProcess,
+) -> None:
+    """More requests in flight than ZeroMQ's default send queue (1,000) keeps: no reply
+    may be dropped, or the client would wait forever for an acknowledged claim."""
+    sock = coordd.agent()
+    sock.setsockopt(zmq.RCVHWM, 0)
+    n = 3000
+    for i in range(n):
+        coordd.send(sock, protocol.Claim(agent_id="p", work_type="t", description=f"d{i}"))
+    replies = [coordd.recv(sock) for _ in range(n)]
+    assert all(isinstance(r, protocol.Ok) for r in replies)
+    assert len({r.data["work_item_id"] for r in replies}) == n
+    assert coordd.call(protocol.Status())["counts"]["active"] == n
