@@ -417,7 +417,7 @@ def agents(ctx: Ctx, as_json: bool) -> None:
                     a["capacity"],
                     a["current_workload"],
                     a["tasks_completed"],
-                    render.age(a.get("last_heartbeat")) + " ago",
+                    render.ago(a.get("last_heartbeat")),
                 )
                 for a in rows
             ],

@@ -21,6 +21,11 @@ def age(ts: float | None, now: float | None = None) -> str:
     return duration((now if now is not None else time.time()) - ts)
 
 
+def ago(ts: float | None, now: float | None = None) -> str:
+    """``5m03s ago``, or ``never`` when there is no time at all."""
+    return "never" if ts is None else f"{age(ts, now)} ago"
+
+
 def duration(seconds: float) -> str:
     s = max(0, int(seconds))
     if s < 60:

@@ -294,3 +294,10 @@ def test_events_says_when_the_daemon_is_not_running(coordd_factory: Any) -> None
     d = coordd_factory(FAST, start=False)
     r = d.ctl("events", "--count", "1", timeout=10)
     assert r.returncode == 4 and "not running" in r.stderr
+
+
+def test_agents_table_says_never_for_an_agent_without_heartbeat() -> None:
+    from coordctl import render
+
+    assert render.ago(None) == "never"
+    assert render.ago(100.0, now=165.0) == "1m05s ago"
