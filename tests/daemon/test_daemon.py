@@ -211,3 +211,16 @@ def test_a_client_pipelining_thousands_of_requests_gets_every_reply(
     assert all(isinstance(r, protocol.Ok) for r in replies)
     assert len({r.data["work_item_id"] for r in replies}) == n
     assert coordd.call(protocol.Status())["counts"]["active"] == n
+
+
+def test_twenty_concurrent_claims_store_twenty_items(coordd: CoorddProcess) -> None:
+    """The old script stored 1 of 20 concurrent claims and still exited 0 for all."""
+
+    def claim(n: int) -> subprocess.CompletedProcess[str]:
+        return coordd.ctl("claim", "t", f'item "{n}"', "--agent", f"agent_{n}", "--json")
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(claim, range(20)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    stored = {i["description"] for i in coordd.call(protocol.List(status="active"))}
+    assert stored == {f'item "{n}"' for n in range(20)}
