@@ -580,6 +580,17 @@ class Daemon:
                 lease=ev.lease,
                 detail=ev.detail,
             )
+        elif ev.event in _ROUTINE_EVENTS:
+            # One per claim/completion: rendering and writing the line at info cost 9 us
+            # of the loop per claim (a tenth of the daemon's share of a claim round trip).
+            # The event socket and the metrics still carry every one of them.
+            log.debug(
+                ev.event,
+                work_item_id=ev.work_item_id,
+                agent_id=ev.agent_id,
+                lease=ev.lease,
+                detail=ev.detail,
+            )
         else:
             log.info(
                 ev.event,
@@ -877,6 +888,8 @@ class Daemon:
 
 
 _NO_REPLY: Any = object()
+# The everyday life of an item, logged at debug; trouble stays at warning/error.
+_ROUTINE_EVENTS = frozenset(("claimed", "completed", "released", "added", "fresh_again"))
 
 
 def _limits(cfg: Config) -> Limits:
