@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import fcntl
 import json
+import mmap
 import os
 import signal
 import struct
@@ -258,11 +259,11 @@ def _is_tail(data: bytes, nxt: int) -> bool:
 
 def read_snapshot(path: Path) -> Snapshot | None:
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decode
     except FileNotFoundError:
         return None
     try:
-        snap = _snapshot_decoder.decode(data)
+        snap = _decode_snapshot(f)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise Corrupt(path, _error_offset(str(e)), f"not a valid snapshot ({e})") from None
     if snap.format != SNAPSHOT_FORMAT:
@@ -270,6 +271,17 @@ def read_snapshot(path: Path) -> Snapshot | None:
     if snap.version > SNAPSHOT_VERSION:
         raise Corrupt(path, 0, f"snapshot version {snap.version} is newer than this coordd's")
     return snap
+
+
+def _decode_snapshot(f: Any) -> Snapshot:
+    """Decode straight from the page cache (mmap): reading the file into bytes first
+    was a 0.3 s copy of a 600 MB document at a million items, and twice its memory."""
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return _snapshot_decoder.decode(b"")  # raises; mmap refuses an empty file
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            # Every decoded str is a copy: nothing refers to the map once this returns.
+            return _snapshot_decoder.decode(view)
 
 
 def _error_offset(message: str) -> int:
