@@ -386,7 +386,10 @@ class Journal:
         self._open_wal(len(header))
 
     def _open_wal(self, end: int) -> None:
-        fd = os.open(self.wal_path, os.O_WRONLY)
+        # Read-write: starting afresh after a background snapshot preads the tail
+        # written meanwhile (write-only, that pread failed with EBADF and the journal
+        # was never rotated: it grew with every record and a restart replayed it all).
+        fd = os.open(self.wal_path, os.O_RDWR)
         # Cut a torn tail so new frames follow the last good one.
         os.ftruncate(fd, end)
         os.fsync(fd)
