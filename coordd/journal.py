@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import mmap
 import os
@@ -451,6 +452,7 @@ class Journal:
         if self._child is not None:
             self._child.wait()
             self._child = None
+            gc.unfreeze()
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 if self._dirty and self.fsync != "never":
@@ -474,6 +476,7 @@ class Journal:
         if self._child is not None:
             self._child.wait()
             self._child = None
+            gc.unfreeze()
         self._sync_before_snapshot()
         t0 = time.monotonic()
         doc = self._document(state, now)
@@ -499,7 +502,15 @@ class Journal:
         t0 = time.monotonic()
         generation, offset = self.generation, self._offset
         r, w = os.pipe()
-        pid = os.fork()
+        # While the child lives, a full collection in this process would write the GC
+        # header of every tracked object and copy their pages (measured at 1M items:
+        # 16 ms -> 29 ms); frozen objects are never visited. Unfrozen when it ends.
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
         if pid == 0:  # the child: touch no socket, leave with os._exit
             os.close(r)
             doc = self._document(state, now)
@@ -518,6 +529,7 @@ class Journal:
         if result is None:
             return None
         self._child = None
+        gc.unfreeze()
         if result.ok:
             self._rotate(child.generation, child.offset)
         return result
