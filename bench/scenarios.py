@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -660,50 +659,73 @@ def _unknown_op(reply: dict[str, Any]) -> bool:
 
 
 class StandInOllama:
-    """A local HTTP server that answers like Ollama after ``wait`` seconds."""
+    """A local HTTP server that answers like Ollama after ``wait`` seconds.
+
+    It runs in a process of its own: served from a thread of the bench process, its
+    accept/read/sleep/write took the GIL from the heartbeat client measuring the
+    daemon, so the client's own stalls were counted as the daemon's latency.
+    """
 
     def __init__(self, wait: float) -> None:
-        self.calls = 0
-        outer = self
+        self._calls = workers.CTX.Value("i", 0)
+        port = workers.CTX.Value("i", 0)
+        self.proc = workers.CTX.Process(
+            target=_serve_ollama, args=(wait, port, self._calls), daemon=True
+        )
+        self.proc.start()
+        deadline = time.monotonic() + 30
+        while not port.value:
+            if not self.proc.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the stand-in Ollama did not start")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port.value}"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self._json({"models": [{"name": "llama2"}], "version": "0.0.0"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.calls += 1
-                time.sleep(wait)
-                answer = json.dumps({"summary": "all fine", "findings": []})
-                self._json(
-                    {
-                        "model": "llama2",
-                        "response": answer,
-                        "message": {"role": "assistant", "content": answer},
-                        "done": True,
-                    }
-                )
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    @property
+    def calls(self) -> int:
+        return int(self._calls.value)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.proc.terminate()
+        self.proc.join(10)
+
+
+def _serve_ollama(wait: float, port: Any, calls: Any) -> None:
+    """The stand-in's process: serve until terminated; ``port`` says where."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _json(self, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._json({"models": [{"name": "llama2"}], "version": "0.0.0"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with calls.get_lock():
+                calls.value += 1
+            time.sleep(wait)
+            answer = json.dumps({"summary": "all fine", "findings": []})
+            self._json(
+                {
+                    "model": "llama2",
+                    "response": answer,
+                    "message": {"role": "assistant", "content": answer},
+                    "done": True,
+                }
+            )
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    port.value = server.server_address[1]
+    server.serve_forever()
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -747,11 +769,19 @@ def _journal_bytes(state_dir: Path) -> int:
 
 
 def _state_files(state_dir: Path) -> dict[str, tuple[int, int]]:
-    """Every file of the state directory: (mtime_ns, size) by name."""
+    """Every finished file of the state directory: (mtime_ns, size) by name.
+
+    A file being written is left out: coordd writes ``snapshot.json.tmp.<pid>`` and
+    renames it, so a name that merely contains ".tmp" is a snapshot in progress (taking
+    it for the snapshot ended the measure early, with the bytes written so far).
+    """
     out = {}
     for p in state_dir.rglob("*"):
-        if p.is_file() and not p.name.endswith((".tmp", ".part")):
-            st = p.stat()
+        if p.is_file() and ".tmp" not in p.name and not p.name.endswith(".part"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # renamed or removed between the listing and the stat
             out[p.name] = (st.st_mtime_ns, st.st_size)
     return out
 

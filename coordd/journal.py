@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
+import mmap
 import os
 import signal
 import struct
@@ -258,11 +260,11 @@ def _is_tail(data: bytes, nxt: int) -> bool:
 
 def read_snapshot(path: Path) -> Snapshot | None:
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decode
     except FileNotFoundError:
         return None
     try:
-        snap = _snapshot_decoder.decode(data)
+        snap = _decode_snapshot(f)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise Corrupt(path, _error_offset(str(e)), f"not a valid snapshot ({e})") from None
     if snap.format != SNAPSHOT_FORMAT:
@@ -270,6 +272,17 @@ def read_snapshot(path: Path) -> Snapshot | None:
     if snap.version > SNAPSHOT_VERSION:
         raise Corrupt(path, 0, f"snapshot version {snap.version} is newer than this coordd's")
     return snap
+
+
+def _decode_snapshot(f: Any) -> Snapshot:
+    """Decode straight from the page cache (mmap): reading the file into bytes first
+    was a 0.3 s copy of a 600 MB document at a million items, and twice its memory."""
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return _snapshot_decoder.decode(b"")  # raises; mmap refuses an empty file
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            # Every decoded str is a copy: nothing refers to the map once this returns.
+            return _snapshot_decoder.decode(view)
 
 
 def _error_offset(message: str) -> int:
@@ -374,7 +387,10 @@ class Journal:
         self._open_wal(len(header))
 
     def _open_wal(self, end: int) -> None:
-        fd = os.open(self.wal_path, os.O_WRONLY)
+        # Read-write: starting afresh after a background snapshot preads the tail
+        # written meanwhile (write-only, that pread failed with EBADF and the journal
+        # was never rotated: it grew with every record and a restart replayed it all).
+        fd = os.open(self.wal_path, os.O_RDWR)
         # Cut a torn tail so new frames follow the last good one.
         os.ftruncate(fd, end)
         os.fsync(fd)
@@ -436,6 +452,7 @@ class Journal:
         if self._child is not None:
             self._child.wait()
             self._child = None
+            gc.unfreeze()
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 if self._dirty and self.fsync != "never":
@@ -459,6 +476,7 @@ class Journal:
         if self._child is not None:
             self._child.wait()
             self._child = None
+            gc.unfreeze()
         self._sync_before_snapshot()
         t0 = time.monotonic()
         doc = self._document(state, now)
@@ -484,7 +502,15 @@ class Journal:
         t0 = time.monotonic()
         generation, offset = self.generation, self._offset
         r, w = os.pipe()
-        pid = os.fork()
+        # While the child lives, a full collection in this process would write the GC
+        # header of every tracked object and copy their pages (measured at 1M items:
+        # 16 ms -> 29 ms); frozen objects are never visited. Unfrozen when it ends.
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
         if pid == 0:  # the child: touch no socket, leave with os._exit
             os.close(r)
             doc = self._document(state, now)
@@ -503,6 +529,7 @@ class Journal:
         if result is None:
             return None
         self._child = None
+        gc.unfreeze()
         if result.ok:
             self._rotate(child.generation, child.offset)
         return result

@@ -200,6 +200,32 @@ def test_a_background_snapshot_keeps_what_arrives_while_it_is_written(d: Path) -
     assert {"w200", "w204", "w300"} <= again.items.keys()
 
 
+def test_a_background_snapshot_starts_the_journal_afresh_with_what_came_meanwhile(
+    d: Path,
+) -> None:
+    # The WAL must not keep growing with records the snapshot holds: it is replaced by
+    # one of the next generation holding only the tail written while the child ran.
+    st, jr = open_fresh(d)
+    work(st, jr, 200)
+    before = (d / journal.WAL_NAME).stat().st_size
+    with capture_logs() as logs:
+        assert jr.snapshot_background(st, T0 + 1000)
+        work(st, jr, 2, start=500)  # a tail to carry over
+        deadline = time.monotonic() + 10
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = jr.poll_snapshot()
+            time.sleep(0.005)
+    assert result is not None and result.ok, result
+    assert not [e for e in logs if e["event"] == "journal_rotate_failed"], logs
+    assert jr.generation == 2
+    assert (d / journal.WAL_NAME).stat().st_size < before / 10
+    jr.close()
+    again = reload(d)[0]
+    assert view(again) == view(st)
+    assert {"w500", "w501"} <= again.items.keys()
+
+
 def test_a_failed_snapshot_keeps_the_previous_one_and_the_journal(d: Path) -> None:
     st, jr = open_fresh(d)
     work(st, jr, 3)
