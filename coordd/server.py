@@ -98,7 +98,6 @@ class Daemon:
         self.collector = metrics.StateCollector()
         self.exporter = metrics.Exporter(self.collector)
         self._counts = self.state.counts()
-        self._next_count = 0.0
         self._lock_fd: int | None = None
         self.health = "ok"
         self.degraded_reason = ""
@@ -570,29 +569,9 @@ class Daemon:
 
     def _publish(self, ev: Any) -> None:
         self.tally.count(ev.event, ev.detail)
-        if ev.event in ("heartbeat", "lease_lost"):
-            pass  # too many to log; a refused lease was logged as lease_refused
-        elif ev.event in ("stale_detected", "recovered", "failed"):
-            log.warning(
-                ev.event,
-                work_item_id=ev.work_item_id,
-                agent_id=ev.agent_id,
-                lease=ev.lease,
-                detail=ev.detail,
-            )
-        elif ev.event in _ROUTINE_EVENTS:
-            # One per claim/completion: rendering and writing the line at info cost 9 us
-            # of the loop per claim (a tenth of the daemon's share of a claim round trip).
-            # The event socket and the metrics still carry every one of them.
-            log.debug(
-                ev.event,
-                work_item_id=ev.work_item_id,
-                agent_id=ev.agent_id,
-                lease=ev.lease,
-                detail=ev.detail,
-            )
-        else:
-            log.info(
+        level = _EVENT_LOG_LEVEL.get(ev.event, "info")
+        if level is not None:
+            getattr(log, level)(
                 ev.event,
                 work_item_id=ev.work_item_id,
                 agent_id=ev.agent_id,
@@ -614,18 +593,8 @@ class Daemon:
 
     def _sample(self) -> None:
         """Hand the metrics thread a copy of the counts (it must not walk live dicts).
-
-        Counting walks every item (90 ms at a million), so it is spaced to cost at
-        most ~1% of the loop's time: every tick for a small state, less often for a
-        huge one. The counters are copied every tick regardless (a few ints).
-        """
-        started = time.perf_counter()
-        # Not while a snapshot child lives: walking every item writes every item's
-        # refcount, so each page of the state is copied on write (measured at 1M items:
-        # 145 ms -> 1.5 s of loop stall). The counts are a few seconds old instead.
-        if started >= self._next_count and not self.journal.snapshot_running:
-            self._counts = self.state.counts()
-            self._next_count = started + 100 * (time.perf_counter() - started)
+        ``State.counts()`` reads its indexes, a few ints, so this runs on every tick."""
+        self._counts = self.state.counts()
         self.collector.update(self.state.counters, self._counts, self.tally)
 
     def summary(self) -> str:
@@ -892,7 +861,19 @@ class Daemon:
 
 _NO_REPLY: Any = object()
 # The everyday life of an item, logged at debug; trouble stays at warning/error.
-_ROUTINE_EVENTS = frozenset(("claimed", "completed", "released", "added", "fresh_again"))
+# How each event is logged (default info). None: not logged (heartbeats are too many;
+# a refused lease was already logged as lease_refused with the request it refused).
+# Routine events go at debug: one per claim/completion, rendering the line at info cost
+# 9 us of the loop per claim (a tenth of the daemon's share of a claim round trip); the
+# event socket and the metrics still carry every one of them.
+_EVENT_LOG_LEVEL: dict[str, str | None] = {
+    "heartbeat": None,
+    "lease_lost": None,
+    "stale_detected": "warning",
+    "recovered": "warning",
+    "failed": "warning",
+    **dict.fromkeys(("claimed", "completed", "released", "added", "fresh_again"), "debug"),
+}
 
 
 def _limits(cfg: Config) -> Limits:
