@@ -516,42 +516,46 @@ class Bench:
         ctl: zmq.Socket[bytes] = d.ctx.socket(zmq.DEALER)
         ctl.setsockopt(zmq.LINGER, 0)
         ctl.connect(d.control_endpoint)
-        before = _state_files(d.state_dir)
         t0 = time.monotonic()
         ctl.send(request("snapshot"))
         reply: dict[str, Any] | None = None
-        replied_at = done_at = None
+        wanted = None  # the daemon's snapshot count once the requested one is done
+        info: dict[str, Any] = {}
+        done_at = None
         lat: list[float] = []
-        # Done when a file named like a snapshot has changed (a forked snapshot may answer
-        # before it is written); when no such name shows up, 5 s of quiet after the reply.
+        # Done when the daemon's own snapshot counter says so (as `coordctl snapshot`
+        # waits): a snapshot already running when we asked holds older state, so the
+        # one after it is ours. Heartbeat round trips meanwhile measure the stall.
         while time.monotonic() - t0 < 120:
-            # A snapshot written inside the loop may stall it for seconds: wait that out.
             lat.append(_round_trips(hb, beat, 1, warm=0, timeout=60)[0])
-            if reply is None and ctl.poll(0):
+            if reply is None:
+                if not ctl.poll(0):
+                    continue
                 reply = DECODE(ctl.recv())
-                replied_at = time.monotonic()
                 if reply.get("reply") == "error":
                     break
-            changed = _changed(before, _state_files(d.state_dir))
-            if done_at is None and any("snap" in name for name in changed):
-                done_at = time.monotonic()
-            if replied_at is not None and (done_at or time.monotonic() - replied_at > 5):
+                data = reply.get("data") or {}
+                wanted = data.get("count", 0) + (2 if data.get("running") else 1)
+                continue
+            ctl.send(request("status"))
+            if not ctl.poll(5000):
                 break
-            time.sleep(0.001)
+            info = (DECODE(ctl.recv()).get("data") or {}).get("snapshot") or {}
+            if info.get("count", 0) >= (wanted or 0) and not info.get("running"):
+                done_at = time.monotonic()
+                break
+            time.sleep(0.002)
         hb.close(0)
         ctl.close(0)
-        if reply is None or reply.get("reply") == "error":
-            why = "this coordd has no snapshot request yet" if reply else "no reply in 120 s"
-            if reply:
+        if reply is None or reply.get("reply") == "error" or done_at is None:
+            why = "no reply in 120 s" if reply is None else "the snapshot did not finish in 120 s"
+            if reply and reply.get("reply") == "error":
+                why = "this coordd has no snapshot request yet"
                 why += f" ({reply.get('code')}: {reply.get('message', '')[:80]})"
             self.skip(f"s6_snapshot_{n}_items", "ms", why, items=n)
             return
-        changed = _changed(before, _state_files(d.state_dir))
-        snaps = {k: v for k, v in changed.items() if "snap" in k} or changed
-        size = max(snaps.values()) if snaps else 0
-        if done_at is None:
-            done_at = replied_at
-        total = (done_at or time.monotonic()) - t0
+        size = int(info.get("bytes") or 0)
+        total = done_at - t0
         stall = max(lat)
         self.add(
             f"s6_snapshot_stall_{n}_items", stall * 1000, "ms", "target 50 ms", 50,
@@ -766,38 +770,6 @@ def _journal_bytes(state_dir: Path) -> int:
     return sum(
         p.stat().st_size for p in state_dir.rglob("*") if p.is_file() and p.name != "coordd.lock"
     )
-
-
-def _state_files(state_dir: Path) -> dict[str, tuple[int, int]]:
-    """Every finished file of the state directory: (mtime_ns, size) by name.
-
-    A file being written is left out: coordd writes ``snapshot.json.tmp.<pid>`` and
-    renames it, so a name that merely contains ".tmp" is a snapshot in progress (taking
-    it for the snapshot ended the measure early, with the bytes written so far).
-    """
-    out = {}
-    for p in state_dir.rglob("*"):
-        if p.is_file() and ".tmp" not in p.name and not p.name.endswith(".part"):
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue  # renamed or removed between the listing and the stat
-            out[p.name] = (st.st_mtime_ns, st.st_size)
-    return out
-
-
-def _changed(
-    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
-) -> dict[str, int]:
-    """Files new or rewritten since ``before`` (the journal aside), with their sizes."""
-    return {
-        name: size
-        for name, (mtime, size) in after.items()
-        if before.get(name, (None, None))[0] != mtime
-        and name != "coordd.lock"
-        and "journal" not in name
-        and "wal" not in name.lower()
-    }
 
 
 def _rmtree(path: Path) -> None:
