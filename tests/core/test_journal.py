@@ -180,17 +180,23 @@ def test_a_journal_that_does_not_follow_the_snapshot_refuses_start(d: Path) -> N
         reload(d)
 
 
+def wait_snapshot(jr: journal.Journal, timeout: float = 10.0) -> Any:
+    """The background snapshot's result once its child is done (None after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    result = None
+    while result is None and time.monotonic() < deadline:
+        result = jr.poll_snapshot()
+        time.sleep(0.005)
+    return result
+
+
 def test_a_background_snapshot_keeps_what_arrives_while_it_is_written(d: Path) -> None:
     st, jr = open_fresh(d)
     work(st, jr, 10)
     assert jr.snapshot_background(st, T0 + 100)
     assert not jr.snapshot_background(st, T0 + 100)  # one at a time
     work(st, jr, 5, start=200)  # the parent keeps serving meanwhile
-    deadline = time.monotonic() + 10
-    result = None
-    while result is None and time.monotonic() < deadline:
-        result = jr.poll_snapshot()
-        time.sleep(0.005)
+    result = wait_snapshot(jr)
     assert result is not None and result.ok, result
     assert result.blocked < result.seconds or result.seconds < 0.01
     work(st, jr, 3, start=300)
@@ -211,11 +217,7 @@ def test_a_background_snapshot_starts_the_journal_afresh_with_what_came_meanwhil
     with capture_logs() as logs:
         assert jr.snapshot_background(st, T0 + 1000)
         work(st, jr, 2, start=500)  # a tail to carry over
-        deadline = time.monotonic() + 10
-        result = None
-        while result is None and time.monotonic() < deadline:
-            result = jr.poll_snapshot()
-            time.sleep(0.005)
+        result = wait_snapshot(jr)
     assert result is not None and result.ok, result
     assert not [e for e in logs if e["event"] == "journal_rotate_failed"], logs
     assert jr.generation == 2
