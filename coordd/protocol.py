@@ -306,11 +306,6 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
 )
 
 
-def request_union() -> Any:
-    """The tagged union of every request type (a ``typing.Union``)."""
-    return _union(REQUEST_TYPES)
-
-
 def _union(types: tuple[type, ...]) -> Any:
     u: Any = types[0]
     for t in types[1:]:

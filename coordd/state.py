@@ -372,9 +372,6 @@ class State:
         heapq.heapify(heap)
         self._heap = heap
 
-    def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
     def rebuild_indexes(self) -> None:
         """Recompute every index from ``items`` (after a load or a replay)."""
         # What _index does for each item, unrolled: at a million items the calls, the
