@@ -30,9 +30,9 @@ from bench.harness import (
     request,
     short_dir,
 )
-from coordd import freshness
-from coordd.freshness import Policy
-from coordd.state import State
+from coordd.core import freshness
+from coordd.core.freshness import Policy
+from coordd.core.state import State
 
 
 class Sizes(msgspec.Struct, frozen=True):

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordd.journal import Journal
-from coordd.state import State
+from coordd.core.state import State
+from coordd.storage.journal import Journal
 
 T0 = 1_750_000_000.0
 

@@ -2,7 +2,7 @@
 heartbeat-start/-stop, claim-enhanced, run, events.
 
 The old script's command words, so its users keep their habits. Like the rest of
-coordctl these parse, call and render; the rules are in ``coordd.freshness``.
+coordctl these parse, call and render; the rules are in ``coordd.core.freshness``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from coordctl.client import (
 from coordctl.heartbeater import pid_alive, read_pid
 from coordd import protocol
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
-from coordd.state import Event
+from coordd.core.state import Event
 
 # `coordctl run`: the lease was lost, so the command was stopped.
 REPORT_NAME = "stale_work_report.json"

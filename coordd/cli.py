@@ -45,9 +45,9 @@ def main() -> None:
 @click.option("--log-format", help="auto | console | json | journal")
 def run(config_file: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    from coordd.journal import JournalError
-    from coordd.notify import Notifier
-    from coordd.server import Daemon, StartupError
+    from coordd.daemon.notify import Notifier
+    from coordd.daemon.server import Daemon, StartupError
+    from coordd.storage.journal import JournalError
 
     cfg = _load(config_file, flags)
     logs.configure(cfg.log_format, cfg.log_level, os.environ)
@@ -97,8 +97,9 @@ def import_(config_file: str | None, directory: str) -> None:
     """
     import time
 
-    from coordd import journal, legacy
-    from coordd.state import Limits, State
+    from coordd import legacy
+    from coordd.core.state import Limits, State
+    from coordd.storage import journal
 
     cfg = _load(config_file, {})
     os.makedirs(cfg.state_dir, exist_ok=True)
@@ -139,7 +140,7 @@ def fsck(config_file: str | None, repair: bool) -> None:
     """
     import time
 
-    from coordd import journal
+    from coordd.storage import journal
 
     cfg = _load(config_file, {})
     lock = _lock_or_exit(cfg.state_dir)
@@ -159,7 +160,7 @@ def fsck(config_file: str | None, repair: bool) -> None:
 
 
 def _lock_or_exit(state_dir: str) -> int:
-    from coordd import journal
+    from coordd.storage import journal
 
     try:
         return journal.lock_state_dir(state_dir)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from coordd import protocol
-from coordd.freshness import Policy, TypeRule, validate_policy
+from coordd.core.freshness import Policy, TypeRule, validate_policy
 
 # The old script's names for our keys.
 LEGACY_ENV = {

@@ -35,8 +35,7 @@ from typing import Any
 
 import msgspec
 
-from coordd.journal import write_atomic
-from coordd.state import (
+from coordd.core.state import (
     PRIORITIES,
     STATUSES,
     AddCompletion,
@@ -48,6 +47,7 @@ from coordd.state import (
     State,
     WorkItem,
 )
+from coordd.storage.journal import write_atomic
 
 CLAIMS = "work_claims.json"
 AGENTS = "agent_status.json"

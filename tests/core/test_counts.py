@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from coordd import freshness
-from coordd.freshness import Policy
-from coordd.state import STATUSES, DomainError, State
+from coordd.core import freshness
+from coordd.core.freshness import Policy
+from coordd.core.state import STATUSES, DomainError, State
 
 T0 = 1_750_000_000.0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from coordd import freshness
-from coordd.freshness import Policy, TypeRule
+from coordd.core import freshness
+from coordd.core.freshness import Policy, TypeRule
+from coordd.core.state import Conflict, LeaseLost, NotOwner, State, WorkItem
 from coordd.protocol import ItemBeat
-from coordd.state import Conflict, LeaseLost, NotOwner, State, WorkItem
 
 T0 = 1_750_000_000.0
 TICK = 1.0

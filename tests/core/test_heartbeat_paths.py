@@ -10,8 +10,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from coordd.freshness import Policy, tick
-from coordd.state import DomainError, ItemBeatLike, State
+from coordd.core.freshness import Policy, tick
+from coordd.core.state import DomainError, ItemBeatLike, State
 
 T0 = 1_750_000_000.0
 

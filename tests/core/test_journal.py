@@ -13,9 +13,9 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from coordd import journal
-from coordd.journal import Corrupt, Journal
-from coordd.state import State
+from coordd.core.state import State
+from coordd.storage import journal
+from coordd.storage.journal import Corrupt, Journal
 
 T0 = 1_750_000_000.0
 

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from coordd import legacy
-from coordd.journal import Journal
-from coordd.state import State
+from coordd.core.state import State
+from coordd.storage.journal import Journal
 from tests.core.test_journal import view
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "legacy-samples"

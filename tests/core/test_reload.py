@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from coordd import config, freshness, reload
-from coordd.freshness import Policy
-from coordd.state import State
+from coordd import config
+from coordd.core import freshness
+from coordd.core.freshness import Policy
+from coordd.core.state import State
+from coordd.daemon import reload
 
 
 def _state_with_claim(threshold: float) -> tuple[State, str]:

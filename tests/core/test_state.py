@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordd.state import (
+from coordd.core.state import (
     AddCompletion,
     BadRequest,
     Conflict,

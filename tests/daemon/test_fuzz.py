@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from coordd import protocol
-from coordd.freshness import Policy
-from coordd.state import DomainError, State
+from coordd.core.freshness import Policy
+from coordd.core.state import DomainError, State
 from tests.conftest import CoorddProcess
 
 EXAMPLES = 1500  # each: a few garbage messages and one valid request

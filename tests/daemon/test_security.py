@@ -17,7 +17,8 @@ import msgspec
 import pytest
 import zmq
 
-from coordd import protocol, server
+from coordd import protocol
+from coordd.daemon import server
 from tests.conftest import BIN, CoorddProcess
 
 NOBODY = 65534

@@ -82,7 +82,7 @@ def test_the_package_holds_every_file_with_the_right_mode(deb: Deb) -> None:
         assert deb.files[name] == (mode, "root/root"), (name, deb.files[name])
     # Our code and its dependencies are in the package's own environment.
     site = "/opt/coordd/lib/python3.11/site-packages/"
-    for pkg in ("coordd/server.py", "coordctl/cli.py", "zmq/", "msgspec/", "sdnotify/"):
+    for pkg in ("coordd/daemon/server.py", "coordctl/cli.py", "zmq/", "msgspec/", "sdnotify/"):
         assert any(f.startswith(site + pkg) for f in deb.files), pkg
     assert not any("/tests/" in f and f.startswith(site + "coordd") for f in deb.files)
 
@@ -116,7 +116,11 @@ def test_the_installed_environment_works_and_names_no_build_path(deb: Deb) -> No
     assert "exec /opt/coordd/bin/coordctl" in wrapper
     # The extracted venv runs with Debian's interpreter and finds every dependency.
     r = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import coordd.server, coordctl.cli, anthropic"],
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import coordd.daemon.server, coordctl.cli, anthropic",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import msgspec
 
 if TYPE_CHECKING:
-    from coordd.freshness import Policy
+    from coordd.core.freshness import Policy
 
 PRIORITIES = ("critical", "high", "medium", "low")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
@@ -178,7 +178,7 @@ class State:
 
     def __init__(self, policy: Policy | None = None, limits: Limits | None = None) -> None:
         if policy is None:
-            from coordd.freshness import Policy
+            from coordd.core.freshness import Policy
 
             policy = Policy()
         self.policy = policy

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordd.state import BadRequest, Conflict
+from coordd.core.state import BadRequest, Conflict
 
 if TYPE_CHECKING:
-    from coordd.state import State, WorkItem
+    from coordd.core.state import State, WorkItem
 
 STRATEGIES = ("reassign", "retry", "fail", "none")
 

@@ -16,8 +16,8 @@ import zmq
 
 from coordd import protocol
 from coordd.config import Config
+from coordd.core.state import State
 from coordd.protocol import Error, Ok
-from coordd.state import State
 
 if TYPE_CHECKING:
     from coordd.ai.worker import AiWorker, Job

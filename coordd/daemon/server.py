@@ -26,13 +26,15 @@ import msgspec
 import structlog
 import zmq
 
-from coordd import __version__, ai_edge, freshness, keys, legacy, metrics, protocol
-from coordd import journal as journal_mod
+from coordd import __version__, keys, legacy, protocol
 from coordd.config import Config, ConfigError
-from coordd.notify import Notifier
+from coordd.core import freshness
+from coordd.core.state import DomainError, Limits, State
+from coordd.daemon import ai_edge, metrics
+from coordd.daemon.notify import Notifier
+from coordd.daemon.reload import merge as merge_reload
 from coordd.protocol import Error, Ok
-from coordd.reload import merge as merge_reload
-from coordd.state import DomainError, Limits, State
+from coordd.storage import journal as journal_mod
 
 log = structlog.get_logger("coordd")
 
@@ -886,7 +888,7 @@ def _limits(cfg: Config) -> Limits:
 
 
 def _bad(message: str) -> DomainError:
-    from coordd.state import BadRequest
+    from coordd.core.state import BadRequest
 
     return BadRequest(message)
 

@@ -41,9 +41,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from coordd.state import Agent, Completion, Record, State, WorkItem
+from coordd.core.state import Agent, Completion, Record, State, WorkItem
 
-log = structlog.get_logger("coordd.journal")
+log = structlog.get_logger("coordd.storage.journal")
 
 SNAPSHOT_NAME = "snapshot.json"
 WAL_NAME = "journal.wal"

@@ -1,0 +1,1 @@
+"""The daemon edge: sockets, the loop, routing, handlers, metrics, sd_notify."""

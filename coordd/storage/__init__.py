@@ -1,0 +1,1 @@
+"""Storage: the write-ahead log, snapshots, fsck and the file helpers they share."""
