@@ -278,32 +278,10 @@ class Error(Reply, tag="error"):
 
 AnyReply = Ok | Error
 
-# Requests that only read or that only an operator should issue are listed in
-# ``server`` (which socket accepts what is an edge decision, not a wire one).
-REQUEST_TYPES: tuple[type[Request], ...] = (
-    Register,
-    Heartbeat,
-    HeartbeatBatch,
-    Add,
-    Claim,
-    ClaimNext,
-    Progress,
-    Complete,
-    Release,
-    List,
-    Show,
-    Agents,
-    Status,
-    CheckStale,
-    RecoverStale,
-    Freshness,
-    AiPriorities,
-    AiOptimize,
-    AiAnalyze,
-    AiRecommendClaim,
-    AiStatus,
-    Snapshot,
-)
+# Every request, in the order defined above: the codec's tagged union. Derived, not
+# listed, so a new request is one Struct here; which socket may send it is decided
+# where it is routed (``coordd/daemon/routes.py``), an edge decision, not a wire one.
+REQUEST_TYPES: tuple[type[Request], ...] = tuple(Request.__subclasses__())
 
 
 def _union(types: tuple[type, ...]) -> Any:

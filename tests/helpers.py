@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 
 def wait_for(cond: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
     """Poll ``cond`` until it is truthy, at most ``timeout`` seconds; return its value."""
@@ -31,3 +33,23 @@ def status_when_up(coordctl: str, env: dict[str, str], cwd: str, timeout: float 
         if r.returncode == 0 or time.monotonic() > deadline:
             return r
         time.sleep(0.1)
+
+
+def sample_request(cls: type) -> Any:
+    """An instance of a request with every required field filled with a plain value."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    plain = {
+        msgspec.inspect.StrType: "x",
+        msgspec.inspect.IntType: 1,
+        msgspec.inspect.FloatType: 1.0,
+        msgspec.inspect.BoolType: False,
+    }
+    values = {
+        f.name: f.type.values[0]
+        if isinstance(f.type, msgspec.inspect.LiteralType)
+        else plain.get(type(f.type))
+        for f in info.fields
+        if f.required
+    }
+    return msgspec.convert(values, cls)

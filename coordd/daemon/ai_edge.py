@@ -1,9 +1,10 @@
 """The daemon's side of AI analyses: requests in, jobs out, replies when done.
 
-The event loop registers ``AiEdge.handlers()``; each handler copies a plain view of
+The AI handlers (``handlers/ai.py``) call ``analysis``, which copies a plain view of
 the state (the AI code never sees ``State``) and returns ``Deferred(job)``. The loop
 hands that to ``submit`` with the ROUTER envelope; the worker thread runs it and
-wakes the loop, which calls ``drain`` to queue the replies. Nothing here blocks.
+wakes the loop, which calls ``drain`` to queue the replies and count each analysis
+in the metrics. Nothing here blocks.
 """
 
 from __future__ import annotations
@@ -14,24 +15,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
-from coordd import protocol
 from coordd.config import Config
 from coordd.core.state import State
+from coordd.daemon import metrics
 from coordd.protocol import Error, Ok
 
 if TYPE_CHECKING:
     from coordd.ai.worker import AiWorker, Job
 
-# Operators only: an analysis costs a model call.
-REQUESTS: frozenset[type] = frozenset(
-    {
-        protocol.AiPriorities,
-        protocol.AiOptimize,
-        protocol.AiAnalyze,
-        protocol.AiRecommendClaim,
-        protocol.AiStatus,
-    }
-)
 # At most this many analyses at once (each holds a provider connection); the view is
 # capped so a prompt stays within a small model's context.
 MAX_JOBS = 8
@@ -53,24 +44,14 @@ class Deferred(NamedTuple):
 
 
 class AiEdge:
-    def __init__(self, cfg: Config, state: State, wake: Callable[[], None], reply: Reply):
+    def __init__(self, cfg: Config, wake: Callable[[], None], reply: Reply):
         self.cfg = cfg
-        self.state = state
         self.wake = wake
         self.reply = reply
         self._worker: AiWorker | None = None
         self._outdated = False  # settings changed by a reload; rebuild when idle
         self._seq = 0
-        self._waiting: dict[int, tuple[zmq.Socket[bytes], list[bytes]]] = {}
-
-    def handlers(self) -> dict[type, Callable[[Any, float, bool], Any]]:
-        return {
-            protocol.AiPriorities: self.on_priorities,
-            protocol.AiOptimize: self.on_optimize,
-            protocol.AiAnalyze: self.on_analyze,
-            protocol.AiRecommendClaim: self.on_recommend_claim,
-            protocol.AiStatus: self.on_status,
-        }
+        self._waiting: dict[int, tuple[zmq.Socket[bytes], list[bytes], str]] = {}
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload (SIGHUP): the next analysis uses the new provider settings. A worker
@@ -111,15 +92,17 @@ class AiEdge:
             self.reply(sock, envelope, Error(code="unavailable", message=busy))
             return
         self._seq += 1
-        self._waiting[self._seq] = (sock, envelope)
+        self._waiting[self._seq] = (sock, envelope, later.job.kind)
         worker.submit(self._seq, later.job, later.now)
 
     def drain(self) -> None:
-        """Queue the replies of the analyses that finished."""
+        """Queue the replies of the analyses that finished, and count each one."""
         if self._worker is None:
             return
         for token, result in self._worker.finished():
-            sock, envelope = self._waiting.pop(token)
+            sock, envelope, kind = self._waiting.pop(token)
+            if kind != "status":  # a status probe is not an analysis
+                observe(result)
             self.reply(sock, envelope, Ok(data=result))
 
     def counters(self) -> dict[str, float]:
@@ -130,45 +113,50 @@ class AiEdge:
             self._worker.close()
             self._worker = None
 
-    # --- handlers -----------------------------------------------------------------
 
-    def _job(self, kind: str, req: Any, now: float, params: dict[str, Any] | None = None) -> Any:
-        from coordd.ai.worker import Job
+def observe(result: dict[str, Any]) -> None:
+    """Count one finished analysis (``AiResult`` as builtins) by provider and outcome.
 
-        return Deferred(
-            Job(
-                kind=kind,
-                view=view_of(self.state),
-                params=params or {},
-                model=getattr(req, "model", None),
-                fresh=getattr(req, "fresh", False),
-                save_as=FILES.get(kind),
-            ),
-            now,
-        )
+    ``provider`` is the one that answered, ``none`` when none did. The duration is
+    observed for answers a provider gave, not for cache hits (they cost no request).
+    """
+    provider = result.get("provider") or "none"
+    error = result.get("error") or {}
+    if result.get("cached"):
+        outcome = "cached"
+    elif not result.get("ok"):
+        outcome = "timeout" if error.get("code") == "timeout" else "error"
+    elif result.get("fallbacks"):
+        outcome = "fallback"
+    else:
+        outcome = "ok"
+    metrics.AI_REQUESTS.labels(provider, outcome).inc()
+    if outcome != "cached":
+        metrics.AI_REQUEST_SECONDS.labels(provider).observe(float(result.get("elapsed", 0.0)))
 
-    def on_priorities(self, req: protocol.AiPriorities, now: float, _c: bool) -> Any:
-        return self._job("priorities", req, now)
 
-    def on_optimize(self, req: protocol.AiOptimize, now: float, _c: bool) -> Any:
-        return self._job("team_optimization", req, now)
+def analysis(
+    kind: str, state: State, req: Any, now: float, params: dict[str, Any] | None = None
+) -> Deferred:
+    """An analysis of ``kind`` over a copy of the state, to run off the loop."""
+    from coordd.ai.worker import Job
 
-    def on_analyze(self, req: protocol.AiAnalyze, now: float, _c: bool) -> Any:
-        return self._job("free", req, now, {"prompt": req.prompt, "data": req.data})
+    job = Job(
+        kind=kind,
+        view=view_of(state),
+        params=params or {},
+        model=getattr(req, "model", None),
+        fresh=getattr(req, "fresh", False),
+        save_as=FILES.get(kind),
+    )
+    return Deferred(job, now)
 
-    def on_recommend_claim(self, req: protocol.AiRecommendClaim, now: float, _c: bool) -> Any:
-        claim = {
-            "work_type": req.work_type,
-            "description": req.description,
-            "priority": req.priority,
-            "team": req.team,
-        }
-        return self._job("claim_recommendation", req, now, {"claim": claim})
 
-    def on_status(self, req: protocol.AiStatus, now: float, _c: bool) -> Any:
-        from coordd.ai.worker import Job
+def status_job(now: float) -> Deferred:
+    """The providers' health, asked off the loop (a probe is a network call)."""
+    from coordd.ai.worker import Job
 
-        return Deferred(Job(kind="status"), now)
+    return Deferred(Job(kind="status"), now)
 
 
 def view_of(state: State) -> Any:

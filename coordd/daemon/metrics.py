@@ -5,13 +5,19 @@ Two kinds of metrics live here.
 Observed directly by the code that measures them (call these from your module):
 
 =====================================  ==============================================
-``TICK_SECONDS.observe(s)``            ``coordd_tick_duration_seconds`` (server)
-``SNAPSHOT_SECONDS.observe(s)``        ``coordd_snapshot_duration_seconds`` (journal)
-``JOURNAL_FSYNC_SECONDS.observe(s)``   ``coordd_journal_fsync_seconds`` (journal)
-``AI_REQUESTS.labels(provider,         ``coordd_ai_requests_total{provider,outcome}``
-outcome).inc()``                       (ai; outcome: ok, error, timeout, fallback, cached)
-``AI_REQUEST_SECONDS.labels(           ``coordd_ai_request_duration_seconds{provider}``
-provider).observe(s)``
+``TICK_SECONDS.observe(s)``            ``coordd_tick_duration_seconds``: server, each
+                                       tick
+``SNAPSHOT_SECONDS.observe(s)``        ``coordd_snapshot_duration_seconds``:
+                                       snapshots.py, each snapshot written (start to
+                                       durable, forked or not)
+``JOURNAL_FSYNC_SECONDS.observe(s)``   ``coordd_journal_fsync_seconds``: the journal's
+                                       ``observe_fsync`` hook, each fsync of the log
+``AI_REQUESTS.labels(provider,         ``coordd_ai_requests_total{provider,outcome}``:
+outcome).inc()``                       ai_edge.py, each analysis that returns (outcome:
+                                       ok, error, timeout, fallback, cached)
+``AI_REQUEST_SECONDS.labels(           ``coordd_ai_request_duration_seconds{provider}``:
+provider).observe(s)``                 ai_edge.py, each analysis a provider answered
+                                       (cache hits excluded)
 =====================================  ==============================================
 
 Taken from the state at scrape time (``StateCollector``): the loop hands over a
@@ -30,8 +36,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = structlog.get_logger("coordd")
 
 # One registry for coordd (not the library's global one, which also carries
 # process/platform collectors we do not want to double-register in tests).
@@ -48,7 +57,7 @@ TICK_SECONDS = Histogram(
 )
 SNAPSHOT_SECONDS = Histogram(
     "coordd_snapshot_duration_seconds",
-    "Time to write one snapshot (or, when forked, the loop's stall to fork it).",
+    "Time to write one snapshot, from start to durable (forked or in the foreground).",
     buckets=_SLOW,
     registry=REGISTRY,
 )
@@ -169,3 +178,39 @@ class Exporter:
             self._server.server_close()
             self._server = None
             REGISTRY.unregister(self.collector)
+
+
+class Sampler:
+    """The loop's side of the metrics: the endpoint, the tally of events, and the copy
+    of the counts it hands the HTTP thread on every tick (also the ``systemctl status``
+    line)."""
+
+    def __init__(self) -> None:
+        self.tally = Tally()
+        self.collector = StateCollector()
+        self.exporter = Exporter(self.collector)
+        self.counts: dict[str, int] = {}
+
+    def start(self, listen: str) -> None:
+        """Serve on ``listen`` (``""``: off). Raises OSError or ValueError."""
+        if not listen:
+            return
+        host, port = self.exporter.start(listen)
+        log.info("metrics_listening", host=host, port=port)
+
+    def sample(self, counters: Mapping[str, int], counts: dict[str, int]) -> None:
+        """``counts`` is ``State.counts()``, a few ints read from its indexes: cheap
+        enough for every tick."""
+        self.counts = counts
+        self.collector.update(counters, counts, self.tally)
+
+    def summary(self) -> str:
+        """One line for ``systemctl status`` (sd_notify STATUS=), as of the last tick."""
+        c = self.counts
+        return (
+            f"{c.get('active', 0)} active, {c.get('pending', 0)} pending,"
+            f" {c.get('stale', 0)} stale, {c.get('agents', 0)} agents"
+        )
+
+    def close(self) -> None:
+        self.exporter.close()

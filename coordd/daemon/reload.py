@@ -8,9 +8,15 @@ them, so the operator knows a restart is needed.
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import Callable
 
-from coordd.config import Config
+import msgspec
+import structlog
+
+from coordd.config import Config, ConfigError
+from coordd.core.state import State
+
+log = structlog.get_logger("coordd")
 
 RELOADABLE = frozenset(
     {
@@ -52,3 +58,28 @@ def merge(old: Config, new: Config) -> tuple[Config, list[str]]:
         else:
             needs_restart.append(name)
     return msgspec.structs.replace(old, **changes), needs_restart
+
+
+def reload(cfg: Config, load: Callable[[], Config] | None, state: State) -> Config | None:
+    """Re-read the configuration and apply the policy to ``state``. The new ``Config``,
+    or None when the file is bad (logged; nothing changes)."""
+    try:
+        new = load() if load is not None else cfg
+    except ConfigError as e:
+        log.error("reload_failed", error=str(e))
+        return None
+    merged, needs_restart = merge(cfg, new)
+    policy = merged.policy()
+    if policy != state.policy:
+        state.policy = policy
+        # Deadlines were queued under the old thresholds: a shorter one must act now,
+        # not when its old entry surfaces. (~1 s per million active.)
+        state.requeue_deadlines()
+    log.info(
+        "reloaded",
+        stale_threshold=merged.stale_threshold,
+        recovery=merged.recovery,
+        ai_provider=merged.ai_provider,
+        needs_restart=",".join(needs_restart) or None,
+    )
+    return merged

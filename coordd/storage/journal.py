@@ -335,7 +335,12 @@ def records_after(snap: Snapshot | None, scan: WalScan, path: Path) -> Iterator[
 class Journal:
     """The WAL and the snapshots of one ``state_dir``. Owned by the event loop."""
 
-    def __init__(self, state_dir: str | Path, fsync: str = "always") -> None:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        fsync: str = "always",
+        observe_fsync: Callable[[float], None] | None = None,
+    ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
         self.dir = Path(state_dir)
@@ -349,6 +354,9 @@ class Journal:
         self._last_sync = 0.0
         self._child: _Child | None = None
         self.loaded_snapshot = False
+        # Told the seconds of each fsync of the log (the daemon's metrics); storage
+        # itself imports no metrics.
+        self.observe_fsync = observe_fsync
 
     # --- start ---------------------------------------------------------------------
 
@@ -431,6 +439,7 @@ class Journal:
 
     def sync(self) -> None:
         if self._fd is not None and self._dirty:
+            started = time.perf_counter()
             try:
                 os.fdatasync(self._fd)
             except OSError as e:
@@ -440,6 +449,8 @@ class Journal:
                     f"cannot fsync {self.wal_path}: {_os_reason(e, self.wal_path)};"
                     " coordd stops so that nothing unwritten is acknowledged"
                 ) from e
+            if self.observe_fsync is not None:
+                self.observe_fsync(time.perf_counter() - started)
             self._dirty = False
         self._last_sync = time.monotonic()
 

@@ -189,18 +189,6 @@ def test_recover_stale_is_refused_on_the_agent_endpoint(coordd: Any) -> None:
     assert isinstance(reply, protocol.Error) and reply.code == "not_allowed"
 
 
-def test_strategy_none_reports_until_a_heartbeat(coordd_factory: Any) -> None:
-    d = coordd_factory({**FAST, "recovery": "none"})
-    item = d.call(protocol.Claim(agent_id="quiet", work_type="t", description="d"))
-    wid = item["work_item_id"]
-    wait_for(lambda: show(d, wid)["stale_since"])  # detected by the tick, left alone
-    assert show(d, wid)["status"] == "active" and show(d, wid)["agent_id"] == "quiet"
-    assert d.call(protocol.Freshness())["dashboard"]["stale"] == 1
-    d.call(protocol.Heartbeat(agent_id="quiet", ack=True))
-    dash = d.call(protocol.Freshness())["dashboard"]
-    assert dash["stale"] == 0 and dash["fresh"] == 1
-
-
 def test_heartbeat_events_are_published_when_configured(coordd_factory: Any) -> None:
     d = coordd_factory({**FAST, "publish_heartbeats": True})
     tap = EventTap(d)

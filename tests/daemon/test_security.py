@@ -18,8 +18,9 @@ import pytest
 import zmq
 
 from coordd import protocol
-from coordd.daemon import server
+from coordd.daemon import routes
 from tests.conftest import BIN, CoorddProcess
+from tests.helpers import sample_request
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(
@@ -138,37 +139,17 @@ def test_oversized_message_drops_only_that_connection(coordd_factory: Any) -> No
 # --- control-only requests -----------------------------------------------------------
 
 
-def _sample(cls: type) -> Any:
-    """An instance of a request with every required field filled with a plain value."""
-    info = msgspec.inspect.type_info(cls)
-    assert isinstance(info, msgspec.inspect.StructType)
-    plain = {
-        msgspec.inspect.StrType: "x",
-        msgspec.inspect.IntType: 1,
-        msgspec.inspect.FloatType: 1.0,
-        msgspec.inspect.BoolType: False,
-    }
-    values = {
-        f.name: f.type.values[0]
-        if isinstance(f.type, msgspec.inspect.LiteralType)
-        else plain.get(type(f.type))
-        for f in info.fields
-        if f.required
-    }
-    return msgspec.convert(values, cls)
+def _control_only() -> list[type]:
+    table = routes.load()
+    return sorted((t for t, r in table.items() if not r.agents), key=lambda t: t.__name__)
 
 
-def test_control_only_requests_are_known_requests() -> None:
-    assert set(server.CONTROL_ONLY) <= set(protocol.REQUEST_TYPES)
-
-
-@pytest.mark.parametrize("cls", sorted(server.CONTROL_ONLY, key=lambda t: t.__name__) or [None])
+@pytest.mark.parametrize("cls", _control_only())
 def test_control_only_requests_are_refused_on_the_agent_endpoint(
-    coordd: CoorddProcess, cls: type | None
+    coordd: CoorddProcess, cls: type
 ) -> None:
-    if cls is None:
-        pytest.skip("no request is control-only yet")
-    payload = coordd.codec.encode(_sample(cls))
+    # Every route without agents=True, through the real loop and sockets.
+    payload = coordd.codec.encode(sample_request(cls))
     reply = _raw(coordd, payload)
     assert reply.code == "not_allowed" and "control socket" in reply.message
     assert getattr(_raw(coordd, payload, control=True), "code", "ok") != "not_allowed"

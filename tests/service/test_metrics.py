@@ -10,7 +10,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordd import protocol
+from tests.ai.standins import Ollama
 from tests.conftest import CoorddProcess
+from tests.helpers import wait_for
 
 
 def _port(d: CoorddProcess) -> int:
@@ -96,9 +98,59 @@ def test_scrape_after_a_scenario_shows_the_right_counts(coordd_factory: Any) -> 
         time.sleep(0.05)
     assert seen == expected
     assert got[("coordd_tick_duration_seconds_count", ())] > 0
-    assert ("coordd_snapshot_duration_seconds_count", ()) in got
-    assert ("coordd_journal_fsync_seconds_count", ()) in got
     assert d.stop() == 0
+
+
+def test_snapshot_fsync_and_ai_durations_are_observed_when_they_happen(
+    coordd_factory: Any,
+) -> None:
+    ollama = Ollama()
+    try:
+        d: CoorddProcess = coordd_factory(
+            {
+                "metrics_listen": "127.0.0.1:0",
+                "log_format": "json",
+                "fsync": "always",
+                "snapshot_interval": 3600,  # only the snapshot this test asks for
+                "ollama_host": ollama.url,
+                "ai_timeout": 5,
+            }
+        )
+        port = _port(d)
+        before = _scrape(port)
+        fsyncs = ("coordd_journal_fsync_seconds_count", ())
+        snaps = ("coordd_snapshot_duration_seconds_count", ())
+        ai_ok = ("coordd_ai_requests_total", (("outcome", "ok"), ("provider", "ollama")))
+        ai_seconds = ("coordd_ai_request_duration_seconds_count", (("provider", "ollama"),))
+        assert before.get(snaps, 0) == 0 and before.get(ai_ok, 0) == 0
+
+        # Five acknowledged transitions, each its own batch: five group commits at least.
+        ids = [
+            d.call(protocol.Claim(agent_id="a1", work_type="t", description=f"d{n}"))
+            for n in range(3)
+        ]
+        for item in ids[:2]:
+            d.call(protocol.Complete(agent_id="a1", work_item_id=item["work_item_id"]))
+        after_commits = _scrape(port)
+        assert after_commits[fsyncs] - before.get(fsyncs, 0) >= 5
+        assert after_commits[("coordd_journal_fsync_seconds_sum", ())] > 0
+
+        # One snapshot through the CLI, counted once it is written.
+        assert d.ctl("snapshot").returncode == 0
+        wait_for(lambda: d.call(protocol.Status())["snapshot"]["count"] >= 1)
+        assert _scrape(port)[snaps] == 1
+
+        # One analysis answered by the stand-in Ollama: one request, labelled.
+        ollama.queue(("text", json.dumps({"recommendations": [], "bottlenecks": []})))
+        r = d.ctl("ollama-priorities", "--json")
+        assert r.returncode == 0, r.stderr
+        got = _scrape(port)
+        assert got[ai_ok] == 1 and got[ai_seconds] == 1
+        others = [k for k, v in got.items() if k[0] == "coordd_ai_requests_total" and v]
+        assert others == [ai_ok]
+        assert d.stop() == 0
+    finally:
+        ollama.close()
 
 
 def test_metrics_off_with_an_empty_listen(coordd: CoorddProcess) -> None:

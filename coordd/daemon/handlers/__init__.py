@@ -1,0 +1,1 @@
+"""Request handlers by topic; each module registers its routes (``routes.route``)."""

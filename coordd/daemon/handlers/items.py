@@ -1,0 +1,112 @@
+"""Agents and work items: each handler translates one request into one ``State`` call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from coordd import protocol as p
+from coordd.core.state import BadRequest
+from coordd.daemon.routes import NO_REPLY, Context, acting_agent, log_refused, route
+
+
+@route(p.Register, agents=True)
+def register(ctx: Context, req: p.Register, now: float) -> Any:
+    return ctx.state.register(req.agent_id, now, req.team, req.capacity, req.specialization)
+
+
+@route(p.Heartbeat, agents=True)
+def heartbeat(ctx: Context, req: p.Heartbeat, now: float) -> Any:
+    # The loop's hot path does the same for a one-way heartbeat without this call.
+    n = ctx.state.heartbeat(req.agent_id, now, req.work_item_id, req.lease, req.progress)
+    return {"refreshed": n} if req.ack else NO_REPLY
+
+
+@route(p.HeartbeatBatch, agents=True)
+def heartbeat_batch(ctx: Context, req: p.HeartbeatBatch, now: float) -> Any:
+    limit = ctx.cfg.max_batch
+    if len(req.items) > limit:
+        raise BadRequest(f"batch of {len(req.items)} items; the limit is {limit} (max_batch)")
+    refreshed, refused = ctx.state.heartbeat_batch(req.agent_id, now, req.items)
+    if refused:
+        # The agent needs to know which leases it lost; everything else was applied.
+        leases = {b.work_item_id: b.lease for b in req.items}
+        for w, e in refused:
+            log_refused(req, e, w, leases.get(w))
+        errors = [{"work_item_id": w, "code": e.code, "message": str(e)} for w, e in refused]
+        return {"refreshed": refreshed, "errors": errors}
+    return {"refreshed": refreshed} if req.ack else NO_REPLY
+
+
+@route(p.Add, agents=True)
+def add(ctx: Context, req: p.Add, now: float) -> Any:
+    return ctx.state.add(
+        req.work_type,
+        req.description,
+        now,
+        req.priority,
+        req.team,
+        req.work_item_id,
+        req.stale_after,
+    )
+
+
+@route(p.Claim, agents=True)
+def claim(ctx: Context, req: p.Claim, now: float) -> Any:
+    return ctx.state.claim(
+        req.agent_id,
+        req.work_type,
+        req.description,
+        now,
+        req.priority,
+        req.team,
+        req.work_item_id,
+        req.stale_after,
+    )
+
+
+@route(p.ClaimNext, agents=True)
+def claim_next(ctx: Context, req: p.ClaimNext, now: float) -> Any:
+    return ctx.state.claim_next(req.agent_id, now, req.work_type, req.team, req.work_item_id)
+
+
+@route(p.Progress, agents=True)
+def progress(ctx: Context, req: p.Progress, now: float) -> Any:
+    agent = acting_agent(ctx, req)
+    return ctx.state.progress(req.work_item_id, req.progress, now, agent, req.lease, req.status)
+
+
+@route(p.Complete, agents=True)
+def complete(ctx: Context, req: p.Complete, now: float) -> Any:
+    agent = acting_agent(ctx, req)
+    return ctx.state.complete(req.work_item_id, now, agent, req.lease, req.result, req.velocity)
+
+
+@route(p.Release, agents=True)
+def release(ctx: Context, req: p.Release, now: float) -> Any:
+    return ctx.state.release(req.work_item_id, now, acting_agent(ctx, req), req.lease)
+
+
+@route(p.List, agents=True)
+def list_items(ctx: Context, req: p.List, now: float) -> Any:
+    out = []
+    for item in ctx.state.select(req.status, req.team, req.agent_id, req.work_type):
+        out.append(item)
+        if len(out) >= req.limit:
+            break
+    return out
+
+
+@route(p.Show, agents=True)
+def show(ctx: Context, req: p.Show, now: float) -> Any:
+    return ctx.state.get(req.work_item_id)
+
+
+@route(p.Agents, agents=True)
+def agents(ctx: Context, req: p.Agents, now: float) -> Any:
+    state = ctx.state
+    return [
+        {**msgspec.structs.asdict(a), "current_workload": state.workload(a.agent_id)}
+        for a in state.agents.values()
+    ]

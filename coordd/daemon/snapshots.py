@@ -1,0 +1,93 @@
+"""When snapshots are written, and what the daemon reports about them.
+
+The files are the storage's job; here the schedule (every ``snapshot_interval``, on
+``coordctl snapshot``, at stop), the figures ``status`` shows, the duration metric,
+and the daemon's health: a failed snapshot degrades it until one succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from coordd import legacy
+from coordd.config import Config
+from coordd.core.state import State
+from coordd.daemon import metrics
+from coordd.storage import journal as journal_mod
+
+log = structlog.get_logger("coordd")
+
+Clock = Callable[[], float]
+
+
+class Snapshots:
+    def __init__(
+        self, cfg: Config, state: State, journal: journal_mod.Journal, clock: Clock
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.journal = journal
+        self.clock = clock
+        self.next_at = 0.0
+        self.requested = False
+        self.last: dict[str, Any] = {"count": 0, "running": False}
+        self.health = "ok"
+        self.degraded_reason = ""
+
+    def schedule_from(self, now: float) -> None:
+        self.next_at = now + self.cfg.snapshot_interval
+
+    def request(self) -> dict[str, Any]:
+        """``coordctl snapshot``: one is started on the next wake-up (after the batch is
+        journaled). Returns the last snapshot's figures."""
+        self.requested = True
+        return dict(self.last)
+
+    def on_wake(self, now: float, keep_fds: tuple[int, ...]) -> None:
+        """Collect a finished child; start one when due and none is running."""
+        result = self.journal.poll_snapshot()
+        if result is not None:
+            self.done(result)
+        due = now >= self.next_at or self.requested
+        if due and not self.journal.snapshot_running:
+            self.next_at = now + self.cfg.snapshot_interval
+            self.requested = False
+            self.journal.snapshot_background(self.state, now, self.export_hook(), keep_fds)
+            self.last["running"] = self.journal.snapshot_running
+
+    def write_now(self) -> None:
+        """A snapshot in the foreground (at stop, after a legacy import)."""
+        self.done(self.journal.snapshot(self.state, self.clock(), self.export_hook()))
+
+    def export_hook(self) -> Callable[[], None] | None:
+        if not self.cfg.legacy_export:
+            return None
+        directory, state = self.cfg.coordination_dir, self.state
+        return lambda: legacy.export_dir(directory, state)
+
+    def done(self, result: journal_mod.SnapshotResult) -> None:
+        self.last = {
+            "count": self.last.get("count", 0) + 1,
+            "running": False,
+            "at": self.clock(),
+            **msgspec.structs.asdict(result),
+        }
+        if not result.ok:
+            self.health = "degraded"
+            self.degraded_reason = f"snapshot failed: {result.reason}"
+            log.error("snapshot_failed", reason=result.reason)
+            return
+        metrics.SNAPSHOT_SECONDS.observe(result.seconds)
+        if self.degraded_reason.startswith("snapshot failed"):
+            self.health, self.degraded_reason = "ok", ""
+        log.info(
+            "snapshot_written",
+            seconds=round(result.seconds, 4),
+            blocked=round(result.blocked, 4),
+            bytes=result.bytes,
+            items=result.items,
+        )
