@@ -9,7 +9,8 @@ unless the agent asks for an ack or something is wrong.
 This module holds no business rules and no handler: per request it decodes, looks up
 the route (``routes``), checks the endpoint, calls the handler and queues its reply.
 Its helpers by job: ``security`` (CURVE, ZAP), ``snapshots`` (when to write one),
-``loading`` (start-up load and legacy import), ``reload`` (SIGHUP), ``metrics``.
+``loading`` (start-up load and legacy import), ``reload`` (SIGHUP), ``metrics``,
+``events`` (publishing what happened).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from coordd.config import Config
 from coordd.core import freshness
 from coordd.core.state import DomainError, Limits, State
 from coordd.daemon import ai_edge, loading, metrics, routes
+from coordd.daemon.events import publish
 from coordd.daemon.notify import Notifier
 from coordd.daemon.reload import reload as reload_config
 from coordd.daemon.security import Curve, CurveError
@@ -456,24 +458,7 @@ class Daemon:
                 pass  # the peer is gone or its queue is full; nothing to do
         self._replies.clear()
         for ev in events:
-            self._publish(ev)
-
-    def _publish(self, ev: Any) -> None:
-        self.metrics.tally.count(ev.event, ev.detail)
-        level = _EVENT_LOG_LEVEL.get(ev.event, "info")
-        if level is not None:
-            getattr(log, level)(
-                ev.event,
-                work_item_id=ev.work_item_id,
-                agent_id=ev.agent_id,
-                lease=ev.lease,
-                detail=ev.detail,
-            )
-        try:
-            self.events_sock.send(ev.event.encode(), _SNDMORE_NOBLOCK)
-            self.events_sock.send(self.codec.encode(ev), _NOBLOCK)
-        except zmq.ZMQError:
-            pass
+            publish(self.events_sock, self.codec, self.metrics.tally, ev)
 
     def on_tick(self, now: float) -> None:
         started = time.perf_counter()
@@ -503,22 +488,6 @@ class Daemon:
                 holder.cfg = new
             self.ai.reconfigure(new)
         self.notifier.ready(self.metrics.summary())
-
-
-# The everyday life of an item, logged at debug; trouble stays at warning/error.
-# How each event is logged (default info). None: not logged (heartbeats are too many;
-# a refused lease was already logged as lease_refused with the request it refused).
-# Routine events go at debug: one per claim/completion, rendering the line at info cost
-# 9 us of the loop per claim (a tenth of the daemon's share of a claim round trip); the
-# event socket and the metrics still carry every one of them.
-_EVENT_LOG_LEVEL: dict[str, str | None] = {
-    "heartbeat": None,
-    "lease_lost": None,
-    "stale_detected": "warning",
-    "recovered": "warning",
-    "failed": "warning",
-    **dict.fromkeys(("claimed", "completed", "released", "added", "fresh_again"), "debug"),
-}
 
 
 def _limits(cfg: Config) -> Limits:
