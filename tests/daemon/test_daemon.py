@@ -181,6 +181,7 @@ def test_coordctl_times_out_on_a_silent_socket(coordd_factory: Any) -> None:
 def test_only_coordination_dir_is_needed_to_find_each_other(short_tmp: Any) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORD")}
     env["COORDINATION_DIR"] = str(short_tmp / "shared")
+    env["COORDD_METRICS_LISTEN"] = "127.0.0.1:0"  # not the default 9641, maybe taken
     proc = subprocess.Popen(
         [str(BIN / "coordd"), "run"],
         env=env,

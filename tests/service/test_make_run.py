@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 def test_make_run_serves_coordctl_from_another_shell(short_tmp: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORD")}
     env["COORDINATION_DIR"] = str(short_tmp / "coordination")
-    env["COORDD_METRICS_LISTEN"] = ""
+    # Any free port, so the test passes beside a `make run` holding the default 9641
+    # (an empty variable reads as unset, i.e. the default port).
+    env["COORDD_METRICS_LISTEN"] = "127.0.0.1:0"
     make = subprocess.Popen(
         ["make", "-s", "-C", str(ROOT), "run", f"VENV={BIN.parent}"],
         env=env,
