@@ -1,8 +1,8 @@
 """Talk to coordd's control socket: one request, one reply, never hang.
 
-A DEALER socket (not REQ: a REQ socket that never hears back is stuck for good)
-with a receive timeout and ``LINGER=0`` so an unreachable daemon costs at most
-``client_timeout`` seconds and a clear one-line message.
+The call itself is ``coordd.rpc`` (shared with the agent SDK and the heartbeater), so
+an unreachable daemon costs at most ``client_timeout`` seconds; this module adds what
+an operator needs on top: a clear one-line message and coordctl's exit statuses.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import os
 from typing import Any
 
 import msgspec
-import zmq
 
-from coordd import protocol
+from coordd import protocol, rpc
 
 # Exit statuses of coordctl, documented in the README.
 EXIT_OK = 0
@@ -40,11 +39,13 @@ class Refused(Exception):
 
 
 class Client:
+    """coordctl's connection to the control socket: checks the socket file first, so a
+    missing daemon or a permission problem is named rather than waited out."""
+
     def __init__(self, control_socket: str, timeout: float = 5.0) -> None:
         self.path = control_socket
         self.timeout = timeout
-        self.codec = protocol.Codec()
-        self._sock: zmq.Socket[bytes] | None = None
+        self._caller: rpc.Caller | None = None
 
     def _hint(self) -> str:
         return f"is `coordd run` running with the same COORDINATION_DIR (cwd {os.getcwd()})?"
@@ -55,9 +56,9 @@ class Client:
             " the coordd group (see README, Security)"
         )
 
-    def _connect(self) -> zmq.Socket[bytes]:
-        if self._sock is not None:
-            return self._sock
+    def _connect(self) -> rpc.Caller:
+        if self._caller is not None:
+            return self._caller
         try:
             os.stat(self.path)
         except PermissionError:
@@ -70,34 +71,24 @@ class Client:
             ) from None
         if not os.access(self.path, os.R_OK | os.W_OK):
             raise Unreachable(self._denied())
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
-        sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
-        sock.connect("ipc://" + self.path)
-        self._sock = sock
-        return sock
+        self._caller = rpc.Caller("ipc://" + self.path, self.timeout)
+        return self._caller
 
     def call(self, req: protocol.Request) -> Any:
         """Send one request; return the reply's data or raise Refused/Unreachable."""
-        sock = self._connect()
         try:
-            sock.send(self.codec.encode(req))
-            raw = sock.recv()
-        except zmq.Again:
-            self.close()
-            raise Unreachable(
-                f"coordd did not answer within {self.timeout:g}s at {self.path}; {self._hint()}"
-            ) from None
-        reply = self.codec.reply_decoder.decode(raw)
+            reply = self._connect().call(req)
+        except rpc.Timeout as e:
+            self.close()  # the next call checks the socket file again
+            raise Unreachable(f"{e} at {self.path}; {self._hint()}") from None
         if isinstance(reply, protocol.Error):
             raise Refused(reply.code, reply.message)
         return reply.data
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        if self._caller is not None:
+            self._caller.close()
+            self._caller = None
 
 
 def to_builtins(data: Any) -> Any:

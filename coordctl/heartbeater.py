@@ -21,7 +21,7 @@ import click
 import structlog
 import zmq
 
-from coordd import logs, protocol
+from coordd import logs, protocol, rpc
 
 log = structlog.get_logger("coordctl.heartbeater")
 
@@ -80,15 +80,8 @@ class Heartbeater:
         self.timeout = timeout
         self.work_item_id = work_item_id
         self.lease = lease
-        self.codec = protocol.Codec()
         self.stop = False
-        self.sock = self._socket()
-
-    def _socket(self) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        return sock
+        self.rpc = rpc.Caller(endpoint, timeout)
 
     def beat(self) -> str | None:
         """One acknowledged heartbeat; the error code when coordd refused it."""
@@ -99,14 +92,11 @@ class Heartbeater:
         )
 
     def _ask(self, req: protocol.Request) -> str | None:
-        self.sock.send(self.codec.encode(req))
-        if not self.sock.poll(int(self.timeout * 1000)):
-            # A late answer would be read as the next one's: start on a fresh socket.
-            self.sock.close(0)
-            self.sock = self._socket()
+        try:
+            reply = self.rpc.call(req)
+        except rpc.Timeout:
             log.warning("coordd_unreachable", endpoint=self.endpoint, timeout=self.timeout)
             return None
-        reply = self.codec.reply_decoder.decode(self.sock.recv())
         if isinstance(reply, protocol.Error):
             log.warning(
                 "heartbeat_refused", agent_id=self.agent_id, code=reply.code, message=reply.message
@@ -125,12 +115,13 @@ class Heartbeater:
         try:
             poller = zmq.Poller()
             poller.register(rd.fileno(), zmq.POLLIN)
-            poller.register(self.sock, zmq.POLLIN)
+            sock = self.rpc.sock
+            poller.register(sock, zmq.POLLIN)
             deadline = time.monotonic() + self.interval
             while not self.stop and time.monotonic() < deadline:
                 ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
-                if self.sock in ready:
-                    self.sock.recv()  # a stray late reply: drop it
+                if sock in ready:
+                    sock.recv()  # a stray late reply: drop it
         finally:
             signal.set_wakeup_fd(previous)
             rd.close()

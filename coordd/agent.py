@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from coordd import protocol
+from coordd import protocol, rpc
 
 STOP_CHECK = 0.2  # seconds; how soon the heartbeat thread notices close()
 
@@ -155,32 +155,22 @@ class Agent:
         self.codec = protocol.Codec()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._req_lock = threading.Lock()
-        self._req_sock = self._socket()
+        self._caller = rpc.Caller(endpoint, timeout, self._ctx)
         self._leases: dict[str, Lease] = {}
         self._leases_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeats_sent = 0  # batches, for tests and the curious
 
-    def _socket(self) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        return sock
-
     # --- requests (any thread) ----------------------------------------------------
 
     def request(self, req: protocol.Request) -> Any:
         """Send one request, wait for its reply; raise AgentError / LeaseLostError."""
         with self._req_lock:
-            self._req_sock.send(self.codec.encode(req))
-            if not self._req_sock.poll(int(self.timeout * 1000)):
-                # The socket may now hold a late reply that would answer the next
-                # request: replace it.
-                self._req_sock.close(0)
-                self._req_sock = self._socket()
-                raise AgentTimeout(f"coordd did not answer within {self.timeout:g}s")
-            reply = self.codec.reply_decoder.decode(self._req_sock.recv())
+            try:
+                reply = self._caller.call(req)
+            except rpc.Timeout as e:
+                raise AgentTimeout(str(e)) from None
         if isinstance(reply, protocol.Error):
             kind = LeaseLostError if reply.code == "lease_lost" else AgentError
             raise kind(reply.code, reply.message)
@@ -238,7 +228,7 @@ class Agent:
         if self._thread is not None:
             self._thread.join(timeout=self.timeout)
         with self._req_lock:
-            self._req_sock.close(0)
+            self._caller.close()
 
     def __enter__(self) -> Agent:
         return self
@@ -257,7 +247,8 @@ class Agent:
         self._thread.start()
 
     def _heartbeat_loop(self) -> None:
-        sock = self._socket()  # created, used and closed by this thread only
+        # Created, used and closed by this thread only.
+        sock = rpc.dealer(self.endpoint, self._ctx)
         try:
             next_beat = time.monotonic() + self.heartbeat_interval
             while not self._stop.is_set():
