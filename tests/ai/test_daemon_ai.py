@@ -8,8 +8,8 @@ from typing import Any
 
 import zmq
 
-from coordctl.ai_cmds import ai_claim_recommendation, apply_claim_recommendation
-from coordctl.cli import Ctx
+from coordctl.base import Ctx
+from coordctl.commands.ai import ai_claim_recommendation, apply_claim_recommendation
 from coordd import config, protocol
 from tests.ai.standins import Anthropic, Ollama, refused_url
 from tests.conftest import CoorddProcess

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from coordctl.cli import Ctx, fail, json_option, main
+from coordctl.base import Ctx, fail, json_option
 from coordd import keys
 
 RELOAD_HINT = "reload coordd to apply: systemctl reload coordd (or kill -HUP <coordd pid>)"
@@ -30,7 +30,7 @@ dir_option = click.option(
 )
 
 
-@main.group("keys")
+@click.group("keys")
 def keys_group() -> None:
     """CURVE keys of the agent endpoint: generate, list, allow, revoke."""
 
@@ -102,3 +102,6 @@ def revoke(ctx: Ctx, curve_dir: str | None, agent_id: str) -> None:
     except keys.KeysError as e:
         fail(str(e), 1)
     click.echo(f"revoked {agent_id} (removed {path}); {RELOAD_HINT}")
+
+
+COMMANDS = [keys_group]

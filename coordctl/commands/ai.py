@@ -18,7 +18,7 @@ import click
 import msgspec
 
 from coordctl import render
-from coordctl.cli import Ctx, call, command, emit, fail
+from coordctl.base import Ctx, call, command, emit, fail
 from coordctl.client import EXIT_REFUSED, Client, Refused, Unreachable
 from coordd import protocol
 
@@ -308,3 +308,6 @@ def apply_claim_recommendation(
         click.echo("not claimed (--respect-ai)", err=True)
         return new_priority, False
     return new_priority, True
+
+
+COMMANDS = [ollama_priorities, ollama_optimize, ai_analyze, ai_status]

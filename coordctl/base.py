@@ -1,0 +1,134 @@
+"""What every coordctl command module uses: the group, its context, call, emit, fail.
+
+Command modules (``coordctl.commands.*``) import this module and nothing imports
+them but ``coordctl.cli``, which adds their commands to the group: no cycle.
+Exit statuses: 0 ok, 1 refused by the daemon, 2 usage, 3 nothing pending,
+4 daemon unreachable, 5 stale items found (``check-stale``); see ``coordctl.client``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from coordctl.client import (
+    EXIT_NOTHING_PENDING,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    Client,
+    Refused,
+    Unreachable,
+    to_builtins,
+)
+from coordd import config as config_mod
+from coordd import protocol
+from coordd.kinds import Priority, Status, Strategy
+
+
+class Ctx:
+    """What every command needs: the configuration and a client (made lazily)."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.cfg.control_socket, self.cfg.client_timeout)
+        return self._client
+
+    def agent_id(self, given: str | None) -> str | None:
+        return given or self.cfg.agent_id or None
+
+    def required_agent(self, given: str | None) -> str:
+        agent_id = self.agent_id(given)
+        if not agent_id:
+            fail("name the agent (argument, --agent or $AGENT_ID)", 2)
+        return agent_id
+
+
+def coordination_dir(ctx: Ctx) -> Path:
+    """COORDINATION_DIR, created if missing: reports and the heartbeater's files live there."""
+    d = Path(ctx.cfg.coordination_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def fail(message: str, status: int) -> NoReturn:
+    click.echo(f"coordctl: {message}", err=True)
+    sys.exit(status)
+
+
+def call(ctx: Ctx, req: protocol.Request) -> Any:
+    """Send and map failures to one line and an exit status."""
+    try:
+        return ctx.client.call(req)
+    except Unreachable as e:
+        fail(str(e), EXIT_UNREACHABLE)
+    except Refused as e:
+        if e.code == "nothing_pending":
+            fail(e.message, EXIT_NOTHING_PENDING)
+        fail(f"refused ({e.code}): {e.message}", EXIT_REFUSED)
+
+
+def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(to_builtins(data), indent=2, sort_keys=True))
+    else:
+        click.echo(human(data))
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Every command takes ``--json``."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def command(name: str | None = None, **kw: Any) -> Callable[..., click.Command]:
+    """A coordctl command with ``--json`` and the shared context. It is not on the
+    group yet: ``coordctl.cli`` adds each module's ``COMMANDS``."""
+
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        @functools.wraps(f)
+        @click.pass_obj
+        def inner(obj: Ctx, *args: Any, **kwargs: Any) -> Any:
+            return f(obj, *args, **kwargs)
+
+        return click.command(name, **kw)(json_option(inner))
+
+    return wrap
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default: $COORDD_CONFIG).",
+)
+@click.option("--coordination-dir", help="Where coordd lives ($COORDINATION_DIR).")
+@click.option(
+    "--timeout", "client_timeout", type=float, help="Seconds to wait for the daemon (default 5)."
+)
+@click.version_option(package_name="coordd")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, **flags: Any) -> None:
+    """Drive coordd: claim work, report progress, watch freshness."""
+    try:
+        cfg = config_mod.load(config_file, os.environ, flags)
+    except config_mod.ConfigError as e:
+        fail(str(e), 2)
+    ctx.obj = Ctx(cfg)
+
+
+# Shared argument types. The choices are listed in the order `--help` has always shown.
+PRIORITY = click.Choice([p.value for p in reversed(Priority)])  # low .. critical
+STATUS = click.Choice([s.value for s in Status])
+RECOVERY = click.Choice([s.value for s in (Strategy.REASSIGN, Strategy.FAIL, Strategy.RETRY)])

@@ -1,0 +1,373 @@
+"""coordctl's item and agent commands: add, claim, claim-next, progress, complete,
+release, register, list, show, agents, status, snapshot.
+
+Each builds one protocol message, sends it on the control socket and renders the
+reply: a table or a line for people, the raw reply with ``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import click
+
+from coordctl import render
+from coordctl.base import PRIORITY, STATUS, Ctx, call, command, emit, fail
+from coordctl.client import EXIT_REFUSED, to_builtins
+from coordd import protocol
+
+
+def claimed_line(i: dict[str, Any]) -> str:
+    team = f", team {i['team']}" if i.get("team") else ""
+    return (
+        f"claimed {i['work_item_id']} for {i['agent_id']} (lease {i['lease']},"
+        f" {i['priority']}{team})"
+    )
+
+
+@command()
+@click.argument("work_type")
+@click.argument("description")
+@click.argument("priority", required=False, default="medium", type=PRIORITY)
+@click.argument("team", required=False, default="")
+@click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
+@click.option("--id", "work_item_id", help="Use this work item id instead of work_<ns>.")
+@click.option("--stale-after", type=float, help="This item's staleness threshold in seconds.")
+def claim(
+    ctx: Ctx,
+    work_type: str,
+    description: str,
+    priority: str,
+    team: str,
+    agent: str | None,
+    work_item_id: str | None,
+    stale_after: float | None,
+    as_json: bool,
+) -> None:
+    """Create a work item and claim it at once (sends Claim)."""
+    data = claim_item(ctx, agent, work_type, description, priority, team, work_item_id, stale_after)
+    emit(as_json, data, claimed_line)
+
+
+def claim_item(
+    ctx: Ctx,
+    agent: str | None,
+    work_type: str,
+    description: str,
+    priority: str,
+    team: str,
+    work_item_id: str | None = None,
+    stale_after: float | None = None,
+) -> dict[str, Any]:
+    """Send Claim as the given agent, else $AGENT_ID, else a new ``agent_<ns>`` (the old
+    script's default); the claimed item as plain data."""
+    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
+    req = protocol.Claim(
+        agent_id=agent_id,
+        work_type=work_type,
+        description=description,
+        priority=cast(Any, priority),
+        team=team,
+        work_item_id=work_item_id,
+        stale_after=stale_after,
+    )
+    return cast(dict[str, Any], to_builtins(call(ctx, req)))
+
+
+@command("claim-next")
+@click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
+@click.option("--type", "work_type", help="Only items of this work type.")
+@click.option("--team", help="Only items of this team.")
+@click.option("--work", "work_item_id", help="Claim this pending item.")
+def claim_next(
+    ctx: Ctx,
+    agent: str | None,
+    work_type: str | None,
+    team: str | None,
+    work_item_id: str | None,
+    as_json: bool,
+) -> None:
+    """Take the most urgent pending item (sends ClaimNext). Exit 3 when none."""
+    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
+    data = call(
+        ctx,
+        protocol.ClaimNext(
+            agent_id=agent_id, work_type=work_type, team=team, work_item_id=work_item_id
+        ),
+    )
+    emit(as_json, data, claimed_line)
+
+
+@command()
+@click.argument("work_type")
+@click.argument("description")
+@click.argument("priority", required=False, default="medium", type=PRIORITY)
+@click.argument("team", required=False, default="")
+@click.option("--id", "work_item_id", help="Use this work item id instead of work_<ns>.")
+@click.option("--stale-after", type=float, help="This item's staleness threshold in seconds.")
+def add(
+    ctx: Ctx,
+    work_type: str,
+    description: str,
+    priority: str,
+    team: str,
+    work_item_id: str | None,
+    stale_after: float | None,
+    as_json: bool,
+) -> None:
+    """Put a pending item in the backlog (sends Add)."""
+    data = call(
+        ctx,
+        protocol.Add(
+            work_type=work_type,
+            description=description,
+            priority=cast(Any, priority),
+            team=team,
+            work_item_id=work_item_id,
+            stale_after=stale_after,
+        ),
+    )
+    emit(as_json, data, lambda i: f"added {i['work_item_id']} ({i['priority']}, pending)")
+
+
+holder_options = [
+    click.option("--agent", help="Acting agent (default: $AGENT_ID; none: as operator)."),
+    click.option("--lease", type=int, help="The lease from the claim (fencing token)."),
+]
+
+
+def with_holder(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(holder_options):
+        f = opt(f)
+    return f
+
+
+@command()
+@click.argument("work_item_id")
+@click.argument("percent", type=click.IntRange(0, 100))
+@click.argument("status", required=False)
+@with_holder
+def progress(
+    ctx: Ctx,
+    work_item_id: str,
+    percent: int,
+    status: str | None,
+    agent: str | None,
+    lease: int | None,
+    as_json: bool,
+) -> None:
+    """Report progress 0-100 on a held item (sends Progress)."""
+    data = call(
+        ctx,
+        protocol.Progress(
+            work_item_id=work_item_id,
+            progress=percent,
+            agent_id=ctx.agent_id(agent),
+            lease=lease,
+            status=status,
+        ),
+    )
+    emit(as_json, data, lambda i: f"{i['work_item_id']} at {i['progress']}%")
+
+
+@command()
+@click.argument("work_item_id")
+@click.argument("result", required=False, default="success")
+@click.argument("velocity", required=False, default=0, type=click.IntRange(min=0))
+@with_holder
+def complete(
+    ctx: Ctx,
+    work_item_id: str,
+    result: str,
+    velocity: int,
+    agent: str | None,
+    lease: int | None,
+    as_json: bool,
+) -> None:
+    """Finish an item with a result and velocity points (sends Complete)."""
+    data = call(
+        ctx,
+        protocol.Complete(
+            work_item_id=work_item_id,
+            result=result,
+            velocity=velocity,
+            agent_id=ctx.agent_id(agent),
+            lease=lease,
+        ),
+    )
+    emit(
+        as_json,
+        data,
+        lambda i: (
+            f"completed {i['work_item_id']}: {i['result']}"
+            f" (+{i['velocity_points']} velocity for"
+            f" {i['team'] or 'no team'})"
+        ),
+    )
+
+
+@command()
+@click.argument("work_item_id")
+@with_holder
+def release(
+    ctx: Ctx, work_item_id: str, agent: str | None, lease: int | None, as_json: bool
+) -> None:
+    """Give a held item back to the backlog (sends Release)."""
+    data = call(
+        ctx, protocol.Release(work_item_id=work_item_id, agent_id=ctx.agent_id(agent), lease=lease)
+    )
+    emit(as_json, data, lambda i: f"released {i['work_item_id']} (pending)")
+
+
+@command()
+@click.argument("agent", required=False)
+@click.option("--team", default="")
+@click.option("--capacity", type=click.IntRange(min=0), default=100)
+@click.option("--specialization", default="")
+def register(
+    ctx: Ctx, agent: str | None, team: str, capacity: int, specialization: str, as_json: bool
+) -> None:
+    """Register an agent (sends Register). AGENT defaults to $AGENT_ID."""
+    agent_id = ctx.required_agent(agent)
+    data = call(
+        ctx,
+        protocol.Register(
+            agent_id=agent_id, team=team, capacity=capacity, specialization=specialization
+        ),
+    )
+    emit(as_json, data, lambda a: f"registered {a['agent_id']} (team {a['team'] or '-'})")
+
+
+@command("list")
+@click.option("--status", type=STATUS)
+@click.option("--team")
+@click.option("--agent", "agent_id")
+@click.option("--type", "work_type")
+@click.option("--limit", type=click.IntRange(min=1), default=1000)
+def list_(
+    ctx: Ctx,
+    status: str | None,
+    team: str | None,
+    agent_id: str | None,
+    work_type: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List work items, filtered (sends List)."""
+    data = call(
+        ctx,
+        protocol.List(
+            status=status, team=team, agent_id=agent_id, work_type=work_type, limit=limit
+        ),
+    )
+    emit(as_json, data, lambda items: render.item_rows(items) if items else "no work items")
+
+
+@command()
+@click.argument("work_item_id")
+def show(ctx: Ctx, work_item_id: str, as_json: bool) -> None:
+    """Everything about one work item (sends Show)."""
+    emit(as_json, call(ctx, protocol.Show(work_item_id=work_item_id)), render.item_detail)
+
+
+@command()
+def agents(ctx: Ctx, as_json: bool) -> None:
+    """Registered agents with their workload (sends Agents)."""
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no agents"
+        return render.table(
+            ("AGENT", "TEAM", "SPECIALIZATION", "CAPACITY", "WORKLOAD", "DONE", "LAST HEARTBEAT"),
+            [
+                (
+                    a["agent_id"],
+                    a["team"] or "-",
+                    a["specialization"] or "-",
+                    a["capacity"],
+                    a["current_workload"],
+                    a["tasks_completed"],
+                    render.ago(a.get("last_heartbeat")),
+                )
+                for a in rows
+            ],
+        )
+
+    emit(as_json, call(ctx, protocol.Agents()), human)
+
+
+@command()
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Daemon health and counts (sends Status)."""
+
+    def human(s: dict[str, Any]) -> str:
+        c = s["counts"]
+        health = s["health"] + (f" ({s['degraded_reason']})" if s.get("degraded_reason") else "")
+        return "\n".join(
+            [
+                f"coordd {s['version']} pid {s['pid']},"
+                f" up {render.duration(s['uptime'])}: {health}",
+                f"items: {c['items']} ({c['pending']} pending, {c['active']} active,"
+                f" {c['stale']} stale, {c['completed']} completed, {c['failed']} failed)",
+                f"agents: {c['agents']}",
+                f"stale threshold {s['stale_threshold']:g}s, recovery {s['recovery']}",
+                f"control socket {s['control_socket']}",
+                f"agent endpoint {s['agent_endpoint']}",
+            ]
+        )
+
+    emit(as_json, call(ctx, protocol.Status()), human)
+
+
+@command()
+@click.option("--wait/--no-wait", default=True, help="Wait until the snapshot is on disk.")
+def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
+    """Write a snapshot now (sends Snapshot; the daemon forks a writer).
+
+    With --wait (the default) polls Status until that snapshot is done; exit 1 if it failed.
+    """
+    data = call(ctx, protocol.Snapshot())
+    # A snapshot already running holds older state: wait for the one after it.
+    count = data.get("count", 0) + (1 if data.get("running") else 0)
+    deadline = time.monotonic() + max(ctx.cfg.client_timeout, 60.0)
+    while wait and time.monotonic() < deadline:
+        data = call(ctx, protocol.Status())["snapshot"]
+        if data.get("count", 0) > count and not data.get("running"):
+            break
+        time.sleep(0.05)
+    else:
+        if wait:
+            fail("the snapshot did not finish in time; see `coordctl status`", EXIT_REFUSED)
+
+    def human(d: dict[str, Any]) -> str:
+        if "ok" not in d:
+            return "snapshot requested"
+        if not d["ok"]:
+            return f"snapshot failed: {d['reason']}"
+        return (
+            f"snapshot written: {d['items']} items, {d['bytes']} bytes in {d['seconds']:.3f}s"
+            f" (loop blocked {d['blocked'] * 1000:.1f} ms)"
+        )
+
+    emit(as_json, data, human)
+    if wait and not data.get("ok"):
+        sys.exit(EXIT_REFUSED)
+
+
+COMMANDS = [
+    add,
+    claim,
+    claim_next,
+    progress,
+    complete,
+    release,
+    register,
+    list_,
+    show,
+    agents,
+    status,
+    snapshot,
+]

@@ -1,0 +1,129 @@
+"""``coordctl run``: claim, run a command while the agent SDK heartbeats its lease,
+complete; stop the command when the lease is lost.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from coordctl.base import PRIORITY, Ctx, command, fail
+from coordctl.client import EXIT_LEASE_LOST, EXIT_NOTHING_PENDING, EXIT_REFUSED, EXIT_UNREACHABLE
+from coordctl.commands.items import claimed_line
+from coordd.agent import Agent, AgentError, AgentTimeout, Lease
+
+STOP_GRACE = 5.0  # seconds a command gets between SIGTERM and SIGKILL when its lease is lost
+
+
+def _take_lease(
+    agent: Agent,
+    work_item_id: str | None,
+    work_type: str | None,
+    description: str | None,
+    priority: str,
+    team: str | None,
+    stale_after: float | None,
+) -> Lease:
+    if work_item_id is not None:
+        return agent.lease(work_item_id=work_item_id)
+    if description is not None:
+        return agent.lease(
+            work_type, description, priority=priority, team=team, stale_after=stale_after
+        )
+    return agent.lease(work_type, team=team)
+
+
+def _supervise(proc: subprocess.Popen[bytes], lease: Lease) -> bool:
+    """Wait for the command; stop it if the lease is lost. True when it was stopped."""
+    while proc.poll() is None:
+        if lease.lost.wait(0.05):
+            click.echo(
+                f"coordctl: lease lost ({lease.lost_reason}); stopping the command", err=True
+            )
+            proc.terminate()
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return True
+    return False
+
+
+@command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
+@click.option("--work", "work_item_id", help="Take this pending item.")
+@click.option("--type", "work_type", help="Work type (with --description: of the new item).")
+@click.option("--description", help="Create and claim a new item with this description.")
+@click.option("--priority", type=PRIORITY, default="medium")
+@click.option("--team")
+@click.option("--stale-after", type=float, help="The new item's staleness threshold.")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(ctx: Ctx, agent: str | None, argv: tuple[str, ...], as_json: bool, **claim: Any) -> None:
+    """Claim, run COMMAND while heartbeating, then complete (coordctl run ... -- COMMAND).
+
+    Claims a new item (--description), the pending item --work, or the most urgent
+    pending one (--type/--team). Exit 0 completes with result "success"; any other
+    status completes with result "failed" (so it is not handed to the next agent to fail
+    again). SIGTERM/SIGINT are forwarded to the command. Exits with the command's status
+    (128+N when killed by signal N), or 6 when the lease was lost and the command stopped.
+    """
+    agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
+    sdk = Agent(
+        ctx.cfg.agent_endpoint, agent_id, ctx.cfg.heartbeat_interval, ctx.cfg.client_timeout
+    )
+    try:
+        status = _run(sdk, argv, claim)
+    finally:
+        sdk.close()
+    sys.exit(status)
+
+
+def _run(sdk: Agent, argv: tuple[str, ...], claim: dict[str, Any]) -> int:
+    try:
+        lease = _take_lease(sdk, **claim)
+    except AgentTimeout as e:
+        fail(e.message, EXIT_UNREACHABLE)
+    except AgentError as e:
+        fail(
+            f"refused ({e.code}): {e.message}",
+            EXIT_NOTHING_PENDING if e.code == "nothing_pending" else EXIT_REFUSED,
+        )
+    click.echo(claimed_line(lease.item), err=True)
+    # Handlers go in before the command starts so no signal slips between the two; one
+    # that arrives before the command exists is delivered as soon as it does.
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if started:
+            started[0].send_signal(signum)
+        else:
+            early.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    proc = subprocess.Popen(list(argv))
+    started.append(proc)
+    for signum in early:
+        proc.send_signal(signum)
+    stopped = _supervise(proc, lease)
+    rc = proc.returncode
+    status = rc if rc >= 0 else 128 - rc
+    if stopped:
+        return EXIT_LEASE_LOST
+    result = "success" if rc == 0 else "failed"
+    try:
+        lease.complete(result)
+        click.echo(f"completed {lease.work_item_id}: {result} (exit {status})", err=True)
+    except AgentError as e:
+        click.echo(f"coordctl: could not complete {lease.work_item_id}: {e}", err=True)
+    return status
+
+
+COMMANDS = [run]
