@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt venv clean bench bench-quick bench-deps bench-redis deb system-deps
+.PHONY: run test test-fast lint fmt venv clean bench bench-quick bench-deps bench-redis deb system-deps
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q
+
+# The tests not marked slow (bench-quick, the .deb build, ...), without lint: for the
+# edit-test loop. `make test` still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix coordd coordctl tests bench

@@ -17,6 +17,7 @@ from bench.report import validate
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_make_bench_quick_writes_valid_results() -> None:
     results = ROOT / "bench" / "results.json"

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
+import pytest
 import zmq
 
 from coordd import protocol
@@ -56,6 +57,7 @@ def test_wrong_lease_and_unknown_id_are_refused(coordd: CoorddProcess) -> None:
     )
 
 
+@pytest.mark.slow  # fifty coordctl processes: 17-23 s on a loaded 2-core machine
 def test_fifty_concurrent_claim_next_on_ten_items(coordd: CoorddProcess) -> None:
     for n in range(10):
         coordd.call(protocol.Add(work_type="t", description=f"item {n}"))

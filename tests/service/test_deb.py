@@ -62,6 +62,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deb]:
     yield Deb(path, tmp_path_factory.mktemp("debx"))
 
 
+@pytest.mark.slow  # builds the .deb (module fixture)
 def test_the_package_holds_every_file_with_the_right_mode(deb: Deb) -> None:
     expected = {
         "/usr/bin/coordd": "-rwxr-xr-x",
@@ -87,6 +88,7 @@ def test_the_package_holds_every_file_with_the_right_mode(deb: Deb) -> None:
     assert not any("/tests/" in f and f.startswith(site + "coordd") for f in deb.files)
 
 
+@pytest.mark.slow  # builds the .deb (module fixture)
 def test_control_fields_conffiles_and_maintainer_scripts(deb: Deb) -> None:
     assert deb.field("Package") == "coordd"
     assert deb.field("Version") == "0.1.0"
@@ -107,6 +109,7 @@ def test_control_fields_conffiles_and_maintainer_scripts(deb: Deb) -> None:
         assert "systemctl enable" not in code and "systemctl start" not in code
 
 
+@pytest.mark.slow  # builds the .deb (module fixture)
 def test_the_installed_environment_works_and_names_no_build_path(deb: Deb) -> None:
     venv = deb.root / "opt" / "coordd"
     assert (venv / "bin" / "python3.11").readlink() == Path("/usr/bin/python3.11")
@@ -132,6 +135,7 @@ def test_the_installed_environment_works_and_names_no_build_path(deb: Deb) -> No
     assert leftovers == ""
 
 
+@pytest.mark.slow  # builds the .deb (module fixture)
 def test_completion_scripts_for_bash_and_zsh(deb: Deb) -> None:
     bash = (deb.root / "usr/share/bash-completion/completions/coordctl").read_text()
     assert "_COORDCTL_COMPLETE=bash_complete" in bash and "complete " in bash
@@ -152,6 +156,7 @@ def test_the_default_configuration_is_the_service_layout() -> None:
     assert cfg.metrics_listen == "127.0.0.1:9641"
 
 
+@pytest.mark.slow  # builds the .deb (module fixture)
 def test_the_packaged_daemon_starts_and_tells_systemd(deb: Deb, short_tmp: Path) -> None:
     # The extracted /opt/coordd environment, run by Debian's python3.11 as systemd
     # would run it, reaches READY=1 and stops cleanly on SIGTERM.
