@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from coordd.core.state import State
-from coordd.storage.journal import Journal
+from coordd.storage.store import FileStore
 
 T0 = 1_750_000_000.0
 
@@ -39,7 +39,7 @@ def build(n: int) -> State:
 def measure(n: int) -> None:
     st = build(n)
     with tempfile.TemporaryDirectory(prefix="snapbench") as d:
-        jr = Journal(Path(d))
+        jr = FileStore(Path(d))
         jr.load(State())
         sync = jr.snapshot(st, T0)
         started = time.monotonic()
@@ -53,7 +53,7 @@ def measure(n: int) -> None:
         assert sync.ok and result.ok, (sync, result)
         t0 = time.monotonic()
         loaded = State()
-        Journal(Path(d)).load(loaded)
+        FileStore(Path(d)).load(loaded)
         load = time.monotonic() - t0
         assert len(loaded.items) == n
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

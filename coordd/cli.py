@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from coordd import config as config_mod
 from coordd import logs
+
+if TYPE_CHECKING:
+    from coordd.storage.store import Store
 
 
 def _load(config_file: str | None, flags: dict[str, Any]) -> config_mod.Config:
@@ -47,7 +50,7 @@ def run(config_file: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from coordd.daemon.notify import Notifier
     from coordd.daemon.server import Daemon, StartupError
-    from coordd.storage.journal import JournalError
+    from coordd.storage.store import StoreError
 
     cfg = _load(config_file, flags)
     logs.configure(cfg.log_format, cfg.log_level, os.environ)
@@ -65,7 +68,7 @@ def run(config_file: str | None, **flags: Any) -> None:
         sys.exit(1)
     try:
         daemon.run()
-    except JournalError as e:
+    except StoreError as e:
         click.echo(f"coordd: {e}", err=True)
         sys.exit(1)
     finally:
@@ -99,28 +102,26 @@ def import_(config_file: str | None, directory: str) -> None:
 
     from coordd import legacy
     from coordd.core.state import Limits, State
-    from coordd.storage import journal
+    from coordd.storage.store import StoreError
 
     cfg = _load(config_file, {})
     os.makedirs(cfg.state_dir, exist_ok=True)
-    lock = _lock_or_exit(cfg.state_dir)
-    jr = journal.Journal(cfg.state_dir, cfg.fsync)
+    store = _locked_store_or_exit(cfg)
     try:
         state = State(cfg.policy(), Limits(max_items=cfg.max_items, max_agents=cfg.max_agents))
-        jr.load(state)
+        store.load(state)
         records, summary = legacy.import_dir(directory, state, time.time())
-        jr.write(records)
-        jr.sync()
+        store.append(records)
+        store.sync()
         export = None
         if cfg.legacy_export:
             export = lambda: legacy.export_dir(cfg.coordination_dir, state)  # noqa: E731
-        result = jr.snapshot(state, time.time(), export)
-    except journal.JournalError as e:
+        result = store.snapshot(state, time.time(), export)
+    except StoreError as e:
         click.echo(f"coordd: {e}", err=True)
         sys.exit(1)
     finally:
-        jr.close()
-        os.close(lock)
+        store.close()  # also releases the lock
     for line in summary.lines():
         click.echo(line)
     if not result.ok:
@@ -140,14 +141,12 @@ def fsck(config_file: str | None, repair: bool) -> None:
     """
     import time
 
-    from coordd.storage import journal
-
     cfg = _load(config_file, {})
-    lock = _lock_or_exit(cfg.state_dir)
+    store = _locked_store_or_exit(cfg)
     try:
-        report = journal.fsck(cfg.state_dir, repair, time.time())
+        report = store.fsck(repair, time.time())
     finally:
-        os.close(lock)
+        store.close()
     for line in report.problems:
         click.echo(f"problem: {line}")
     for line in report.actions:
@@ -159,11 +158,14 @@ def fsck(config_file: str | None, repair: bool) -> None:
         sys.exit(1)
 
 
-def _lock_or_exit(state_dir: str) -> int:
-    from coordd.storage import journal
+def _locked_store_or_exit(cfg: config_mod.Config) -> Store:
+    """The store of ``cfg``, held by this process (coordd must be stopped)."""
+    from coordd.storage.store import StoreError, open_store
 
+    store = open_store(cfg)
     try:
-        return journal.lock_state_dir(state_dir)
-    except journal.JournalError as e:
+        store.lock()
+    except StoreError as e:
         click.echo(f"coordd: {e}", err=True)
         sys.exit(1)
+    return store

@@ -47,7 +47,7 @@ from coordd.core.state import (
     State,
     WorkItem,
 )
-from coordd.storage.journal import write_atomic
+from coordd.storage.files import write_atomic
 
 CLAIMS = "work_claims.json"
 AGENTS = "agent_status.json"

@@ -9,18 +9,16 @@ from coordd import legacy
 from coordd.config import Config
 from coordd.core.state import State
 from coordd.daemon.snapshots import Snapshots
-from coordd.storage import journal as journal_mod
+from coordd.storage.store import Store
 
 log = structlog.get_logger("coordd")
 
 
-def load_state(
-    cfg: Config, state: State, journal: journal_mod.Journal, snapshots: Snapshots, now: float
-) -> None:
+def load_state(cfg: Config, state: State, store: Store, snapshots: Snapshots, now: float) -> None:
     """Snapshot + journal replay, then a legacy import if this is a first start; the
     restart grace starts at ``now`` (downtime is never counted against an agent).
-    Raises ``JournalError`` when the files cannot be read."""
-    report = journal.load(state)
+    Raises ``StoreError`` when the store cannot be read."""
+    report = store.load(state)
     log.info(
         "state_loaded",
         snapshot=report.snapshot,
@@ -31,18 +29,18 @@ def load_state(
     )
     first_start = not report.snapshot
     if first_start and cfg.legacy_import and legacy.has_legacy_files(cfg.coordination_dir):
-        import_legacy(cfg.coordination_dir, state, journal, snapshots, now)
+        import_legacy(cfg.coordination_dir, state, store, snapshots, now)
     snapshots.schedule_from(now)
     state.not_before = now
 
 
 def import_legacy(
-    directory: str, state: State, journal: journal_mod.Journal, snapshots: Snapshots, now: float
+    directory: str, state: State, store: Store, snapshots: Snapshots, now: float
 ) -> None:
     """Journal what the old files hold, then snapshot it at once."""
     records, summary = legacy.import_dir(directory, state, now)
-    journal.write(records)
-    journal.sync()
+    store.append(records)
+    store.sync()
     log.info(
         "legacy_imported",
         directory=directory,

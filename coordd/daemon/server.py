@@ -41,7 +41,7 @@ from coordd.daemon.reload import reload as reload_config
 from coordd.daemon.security import Curve, CurveError
 from coordd.daemon.snapshots import Snapshots
 from coordd.protocol import Error, Ok
-from coordd.storage import journal as journal_mod
+from coordd.storage.store import Store, StoreError, open_store
 
 log = structlog.get_logger("coordd")
 
@@ -73,7 +73,7 @@ class Daemon:
         self,
         cfg: Config,
         clock: Clock = time.time,
-        journal: journal_mod.Journal | None = None,
+        store: Store | None = None,
         notifier: Notifier | None = None,
         load_config: Callable[[], Config] | None = None,
     ) -> None:
@@ -81,10 +81,8 @@ class Daemon:
         self.clock = clock
         self.state = State(cfg.policy(), _limits(cfg))
         self.state.heartbeat_events = cfg.publish_heartbeats
-        self.journal = journal or journal_mod.Journal(
-            cfg.state_dir, cfg.fsync, metrics.JOURNAL_FSYNC_SECONDS.observe
-        )
-        self.snapshots = Snapshots(cfg, self.state, self.journal, clock)
+        self.store = store or open_store(cfg, metrics.JOURNAL_FSYNC_SECONDS.observe)
+        self.snapshots = Snapshots(cfg, self.state, self.store, clock)
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
         self.started_at = clock()
@@ -94,7 +92,6 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.load_config = load_config
         self.metrics = metrics.Sampler()
-        self._lock_fd: int | None = None
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
         self.curve = Curve(cfg)
         self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
@@ -129,8 +126,8 @@ class Daemon:
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         try:
-            loading.load_state(cfg, self.state, self.journal, self.snapshots, self.clock())
-        except journal_mod.JournalError as e:
+            loading.load_state(cfg, self.state, self.store, self.snapshots, self.clock())
+        except StoreError as e:
             raise StartupError(str(e)) from None
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +167,8 @@ class Daemon:
 
     def _lock_state_dir(self) -> None:
         try:
-            self._lock_fd = journal_mod.lock_state_dir(self.cfg.state_dir)
-        except journal_mod.JournalError as e:
+            self.store.lock()
+        except StoreError as e:
             raise StartupError(str(e)) from None
 
     def _bind(
@@ -229,12 +226,9 @@ class Daemon:
                 sock.close(linger=500)
                 setattr(self, name, None)
         self.curve.close()
-        self.journal.close()
+        self.store.close()  # also releases the state-dir lock
         self.ai.close()
         self.metrics.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     # --- the loop -----------------------------------------------------------------
 
@@ -448,7 +442,7 @@ class Daemon:
         """Journal the batch (one fsync), then reply, then publish events."""
         records, events = self.state.drain()
         if records:
-            self.journal.write(records)
+            self.store.append(records)
         for sock, envelope, payload in self._replies:
             try:
                 for part in envelope:
@@ -473,9 +467,8 @@ class Daemon:
 
     def on_wake(self, now: float) -> None:
         """Durability chores on every wake-up: everysec fsync, snapshot child, timer."""
-        self.journal.tick()
-        keep = (self._lock_fd,) if self._lock_fd is not None else ()
-        self.snapshots.on_wake(now, keep)
+        self.store.tick()
+        self.snapshots.on_wake(now)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; thresholds, recovery policy and AI settings

@@ -17,7 +17,7 @@ from coordd import legacy
 from coordd.config import Config
 from coordd.core.state import State
 from coordd.daemon import metrics
-from coordd.storage import journal as journal_mod
+from coordd.storage.store import SnapshotResult, Store
 
 log = structlog.get_logger("coordd")
 
@@ -25,12 +25,10 @@ Clock = Callable[[], float]
 
 
 class Snapshots:
-    def __init__(
-        self, cfg: Config, state: State, journal: journal_mod.Journal, clock: Clock
-    ) -> None:
+    def __init__(self, cfg: Config, state: State, store: Store, clock: Clock) -> None:
         self.cfg = cfg
         self.state = state
-        self.journal = journal
+        self.store = store
         self.clock = clock
         self.next_at = 0.0
         self.requested = False
@@ -47,21 +45,21 @@ class Snapshots:
         self.requested = True
         return dict(self.last)
 
-    def on_wake(self, now: float, keep_fds: tuple[int, ...]) -> None:
+    def on_wake(self, now: float) -> None:
         """Collect a finished child; start one when due and none is running."""
-        result = self.journal.poll_snapshot()
+        result = self.store.poll_snapshot()
         if result is not None:
             self.done(result)
         due = now >= self.next_at or self.requested
-        if due and not self.journal.snapshot_running:
+        if due and not self.store.snapshot_running:
             self.next_at = now + self.cfg.snapshot_interval
             self.requested = False
-            self.journal.snapshot_background(self.state, now, self.export_hook(), keep_fds)
-            self.last["running"] = self.journal.snapshot_running
+            self.store.snapshot_background(self.state, now, self.export_hook())
+            self.last["running"] = self.store.snapshot_running
 
     def write_now(self) -> None:
         """A snapshot in the foreground (at stop, after a legacy import)."""
-        self.done(self.journal.snapshot(self.state, self.clock(), self.export_hook()))
+        self.done(self.store.snapshot(self.state, self.clock(), self.export_hook()))
 
     def export_hook(self) -> Callable[[], None] | None:
         if not self.cfg.legacy_export:
@@ -69,7 +67,7 @@ class Snapshots:
         directory, state = self.cfg.coordination_dir, self.state
         return lambda: legacy.export_dir(directory, state)
 
-    def done(self, result: journal_mod.SnapshotResult) -> None:
+    def done(self, result: SnapshotResult) -> None:
         self.last = {
             "count": self.last.get("count", 0) + 1,
             "running": False,

@@ -1,1 +1,2 @@
-"""Storage: the write-ahead log, snapshots, fsck and the file helpers they share."""
+"""Storage: the daemon reaches it only through ``store`` (the ``Store`` interface);
+behind it ``wal``, ``snapshot``, ``fsck`` and the ``files`` helpers they share."""

@@ -15,7 +15,7 @@ from coordd.core import freshness
 from coordd.core.state import BadRequest, State
 from coordd.daemon import ai_edge, loading, routes
 from coordd.daemon.snapshots import Snapshots
-from coordd.storage.journal import Journal
+from coordd.storage.store import FileStore
 
 T0 = 1_750_000_000.0
 routes.load()
@@ -115,17 +115,17 @@ def test_an_item_silent_through_a_restart_gets_one_threshold_of_grace(tmp_path: 
     cfg = Config(coordination_dir=str(tmp_path), state_dir=str(tmp_path), stale_threshold=60)
 
     def boot(now: float) -> State:
-        state, journal = State(cfg.policy()), Journal(tmp_path)
-        loading.load_state(cfg, state, journal, Snapshots(cfg, state, journal, lambda: now), now)
+        state, store = State(cfg.policy()), FileStore(tmp_path)
+        loading.load_state(cfg, state, store, Snapshots(cfg, state, store, lambda: now), now)
         return state
 
     first = boot(T0)
     first.claim("a1", "t", "survives", T0)
     records, _ = first.drain()
-    journal = Journal(tmp_path)
-    journal.load(State(cfg.policy()))
-    journal.write(records)
-    journal.close()
+    store = FileStore(tmp_path)
+    store.load(State(cfg.policy()))
+    store.append(records)
+    store.close()
 
     restarted = T0 + 10 * 60  # down for ten thresholds
     st = boot(restarted)

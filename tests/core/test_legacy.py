@@ -13,8 +13,8 @@ import pytest
 
 from coordd import legacy
 from coordd.core.state import State
-from coordd.storage.journal import Journal
-from tests.core.test_journal import view
+from coordd.storage.store import FileStore
+from tests.core.storage_helpers import view
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "legacy-samples"
 CLAIM_FILES = sorted(p.name for p in SAMPLES.glob("work_claims*.json"))
@@ -135,16 +135,16 @@ def test_importing_twice_adds_nothing_twice(tmp_path: Path) -> None:
     assert view(st) == first
 
 
-def test_an_import_through_the_journal_survives_a_restart(tmp_path: Path) -> None:
+def test_an_import_through_the_store_survives_a_restart(tmp_path: Path) -> None:
     st = State()
     records, _ = legacy.import_dir(sample_dir(tmp_path, "work_claims.json"), st, NOW)
-    jr = Journal(tmp_path / "state")
+    store = FileStore(tmp_path / "state")
     (tmp_path / "state").mkdir()
-    jr.load(State())
-    jr.write(records)
-    jr.close()
+    store.load(State())
+    store.append(records)
+    store.close()
     again = State()
-    Journal(tmp_path / "state").load(again)
+    FileStore(tmp_path / "state").load(again)
     assert view(again) == view(st)
 
 

@@ -1,0 +1,257 @@
+"""The seam between the daemon and its storage: the ``Store`` interface, ``open_store``,
+and ``FileStore`` (WAL + snapshots in ``state_dir``), today's only implementation."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import structlog
+
+from coordd.core.state import Record, State
+from coordd.kinds import FsyncPolicy
+from coordd.storage import fsck as fsck_mod
+from coordd.storage.files import Corrupt, StoreError, lock_state_dir, os_reason
+from coordd.storage.fsck import FsckReport
+from coordd.storage.snapshot import (
+    SNAPSHOT_NAME,
+    Child,
+    SnapshotResult,
+    document,
+    fork_writer,
+    read_snapshot,
+    records_after,
+    restore,
+    write_snapshot,
+)
+from coordd.storage.wal import WAL_NAME, WalWriter, read_wal
+
+if TYPE_CHECKING:
+    from coordd.config import Config
+
+__all__ = [
+    "Corrupt",
+    "FileStore",
+    "FsckReport",
+    "LoadReport",
+    "SnapshotResult",
+    "Store",
+    "StoreError",
+    "open_store",
+]
+
+log = structlog.get_logger("coordd.storage")
+
+# A callback that receives the duration of one journal sync, in seconds.
+ObserveFsync = Callable[[float], None]
+
+
+class LoadReport(msgspec.Struct, kw_only=True):
+    """What a load found: a snapshot or not, records replayed, torn bytes dropped."""
+
+    snapshot: bool = False
+    records: int = 0
+    torn_bytes: int = 0
+    generation: int = 1
+
+
+class Store(Protocol):
+    """What the daemon and the ``coordd`` CLI may ask of a store; nothing else."""
+
+    @property
+    def snapshot_running(self) -> bool:
+        """A background snapshot is being written."""
+        ...
+
+    def lock(self) -> None:
+        """Hold the store for this process alone; raises StoreError naming the holder."""
+
+    def load(self, state: State) -> LoadReport:
+        """Fill an empty ``state`` with what is stored; raises StoreError (Corrupt)."""
+        ...
+
+    def append(self, records: list[Record]) -> None:
+        """Append one batch (one write, one sync): durable per the fsync policy on return."""
+
+    def sync(self) -> None:
+        """Make every appended batch durable now, whatever the policy."""
+
+    def tick(self) -> None:
+        """Called on every wake-up of the loop (the ``everysec`` sync)."""
+
+    def snapshot(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> SnapshotResult:
+        """Write a snapshot, blocking (import, shutdown); ``after`` runs once it is durable."""
+        ...
+
+    def snapshot_background(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> bool:
+        """Start a snapshot off the loop; False if one is already running."""
+        ...
+
+    def poll_snapshot(self) -> SnapshotResult | None:
+        """The background snapshot's result once it is done, else None."""
+        ...
+
+    def fsck(self, repair: bool, now: float) -> FsckReport:
+        """Check (and with ``repair`` fix) what is stored; offline, instead of load."""
+        ...
+
+    def close(self) -> None:
+        """Wait for a running snapshot, flush what the policy promised, release the lock."""
+
+
+def open_store(cfg: Config, observe_fsync: ObserveFsync | None = None) -> Store:
+    """The store ``cfg`` names (today always the file store in ``cfg.state_dir``)."""
+    return FileStore(cfg.state_dir, cfg.fsync, observe_fsync)
+
+
+class FileStore:
+    """The WAL and the snapshots of one ``state_dir``. Owned by the event loop."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        fsync: str = FsyncPolicy.ALWAYS,
+        observe_fsync: ObserveFsync | None = None,
+    ) -> None:
+        self.dir = Path(state_dir)
+        self.snapshot_path = self.dir / SNAPSHOT_NAME
+        self.wal_path = self.dir / WAL_NAME
+        self._wal = WalWriter(self.wal_path, fsync, observe_fsync)
+        self._child: Child | None = None
+        # The WAL position (generation, offset) the running child's snapshot covers.
+        self._child_covers = (0, 0)
+        self._lock_fd: int | None = None
+
+    @property
+    def generation(self) -> int:
+        return self._wal.generation
+
+    @property
+    def snapshot_running(self) -> bool:
+        return self._child is not None
+
+    def lock(self) -> None:
+        self._lock_fd = lock_state_dir(self.dir)
+
+    # --- start ---------------------------------------------------------------------
+
+    def load(self, state: State) -> LoadReport:
+        """Snapshot, then the WAL after it; open the WAL for appending. Raises Corrupt."""
+        snap = read_snapshot(self.snapshot_path)
+        scan = read_wal(self.wal_path)
+        report = LoadReport(snapshot=snap is not None)
+        if snap is not None:
+            restore(state, snap)
+        if scan is None:
+            self._wal.create(snap.wal_generation + 1 if snap is not None else 1)
+        else:
+            for rec in records_after(snap, scan, self.wal_path):
+                state.apply_record(rec)
+                report.records += 1
+            if scan.torn:
+                report.torn_bytes = scan.size - scan.end
+                log.warning(
+                    "journal_torn_tail_dropped",
+                    path=str(self.wal_path),
+                    offset=scan.end,
+                    bytes=report.torn_bytes,
+                )
+            self._wal.generation = scan.generation
+            self._wal.open(scan.end)
+        state.rebuild_indexes()
+        report.generation = self._wal.generation
+        return report
+
+    def fsck(self, repair: bool, now: float) -> FsckReport:
+        return fsck_mod.fsck(self.dir, repair, now)
+
+    # --- appending -----------------------------------------------------------------
+
+    def append(self, records: list[Record]) -> None:
+        self._wal.append(records)
+
+    def sync(self) -> None:
+        self._wal.sync()
+
+    def tick(self) -> None:
+        self._wal.tick()
+
+    def close(self) -> None:
+        self._reap()
+        self._wal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- snapshots -----------------------------------------------------------------
+
+    def snapshot(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> SnapshotResult:
+        self._reap()
+        self._wal.sync_if_dirty()
+        t0 = time.monotonic()
+        doc = document(state, now, self._wal.generation, self._wal.offset)
+        try:
+            size = write_snapshot(self.snapshot_path, doc, after)
+        except OSError as e:
+            return SnapshotResult(ok=False, reason=os_reason(e, self.snapshot_path))
+        self._rotate(doc.wal_generation, doc.wal_offset)
+        took = time.monotonic() - t0
+        return SnapshotResult(ok=True, seconds=took, blocked=took, bytes=size, items=len(doc.items))
+
+    def snapshot_background(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> bool:
+        if self._child is not None:
+            return False
+        self._wal.sync_if_dirty()
+        covers = generation, offset = self._wal.generation, self._wal.offset
+        # The child closes the state-dir lock: an orphan must not keep a restart out.
+        fds = (self._lock_fd,) if self._lock_fd is not None else ()
+        self._child = fork_writer(
+            self.snapshot_path,
+            lambda: document(state, now, generation, offset),
+            after,
+            fds,
+            len(state.items),
+        )
+        self._child_covers = covers
+        return True
+
+    def poll_snapshot(self) -> SnapshotResult | None:
+        child = self._child
+        if child is None:
+            return None
+        result = child.poll()
+        if result is None:
+            return None
+        self._child = None
+        if result.ok:
+            self._rotate(*self._child_covers)
+        return result
+
+    def _reap(self) -> None:
+        # A blocking snapshot or a close waits for the running child (its result is
+        # superseded); its WAL position is stale, so no rotation follows.
+        if self._child is not None:
+            self._child.wait()
+            self._child = None
+
+    def _rotate(self, generation: int, offset: int) -> None:
+        # The snapshot must be durable before this: only then may the WAL lose the
+        # records it holds (see snapshot.records_after for the pairing rule).
+        try:
+            self._wal.rotate(generation, offset)
+        except OSError as e:
+            # The snapshot is good and the old WAL still replays from its offset;
+            # the next snapshot tries again.
+            log.warning("journal_rotate_failed", reason=os_reason(e, self.wal_path))

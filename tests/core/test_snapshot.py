@@ -1,0 +1,132 @@
+"""Snapshots on real files: the document, the forked writer, the pairing with the WAL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from coordd.storage import snapshot, wal
+from coordd.storage.files import Corrupt
+from tests.core.storage_helpers import T0, open_fresh, reload, view, wait_snapshot, work
+
+
+@pytest.fixture
+def d(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_a_snapshot_that_does_not_parse_refuses_start(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 3)
+    assert store.snapshot(st, T0 + 100).ok
+    store.close()
+    snap = d / snapshot.SNAPSHOT_NAME
+    snap.write_bytes(snap.read_bytes()[:200] + b"}garbage")
+    with pytest.raises(Corrupt) as err:
+        reload(d)
+    msg = str(err.value)
+    assert str(snap) in msg and "offset 2" in msg and "coordd fsck" in msg
+
+
+def test_after_a_snapshot_the_journal_starts_afresh_and_nothing_counts_twice(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 6)
+    result = store.snapshot(st, T0 + 100)
+    assert result.ok and result.items == 6 and result.seconds > 0
+    assert (d / wal.WAL_NAME).stat().st_size == wal.HEADER.size
+    doc = msgspec.json.decode((d / snapshot.SNAPSHOT_NAME).read_bytes())
+    assert doc["format"] == "coordd-snapshot" and doc["version"] == 1
+    assert {"items", "agents", "completions", "team_velocity", "lease_seq"} <= doc.keys()
+    work(st, store, 4, start=50)
+    store.close()
+    again = reload(d)[0]
+    assert view(again) == view(st)
+    assert len(again.completions) == 5
+
+
+def test_a_crash_between_snapshot_and_journal_rotation_loses_and_doubles_nothing(
+    d: Path,
+) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 6)
+    path = d / wal.WAL_NAME
+    old_wal = path.read_bytes()
+    assert store.snapshot(st, T0 + 100).ok
+    store.close()
+    # The snapshot is on disk but the old journal was never replaced.
+    path.write_bytes(old_wal)
+    again = reload(d)[0]
+    assert view(again) == view(st)
+
+
+def test_a_journal_that_does_not_follow_the_snapshot_refuses_start(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 2)
+    assert store.snapshot(st, T0 + 10).ok
+    assert store.snapshot(st, T0 + 20).ok  # the journal is now two generations ahead
+    store.close()
+    snap = d / snapshot.SNAPSHOT_NAME
+    doc = msgspec.json.decode(snap.read_bytes())
+    doc["wal_generation"] = 1
+    snap.write_bytes(msgspec.json.encode(doc))
+    with pytest.raises(Corrupt, match="does not follow the snapshot"):
+        reload(d)
+
+
+def test_a_background_snapshot_keeps_what_arrives_while_it_is_written(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 10)
+    assert store.snapshot_background(st, T0 + 100)
+    assert store.snapshot_running
+    assert not store.snapshot_background(st, T0 + 100)  # one at a time
+    work(st, store, 5, start=200)  # the parent keeps serving meanwhile
+    result = wait_snapshot(store)
+    assert result is not None and result.ok, result
+    assert not store.snapshot_running
+    assert result.seconds > 0 and (result.blocked < result.seconds or result.seconds < 0.01)
+    work(st, store, 3, start=300)
+    store.close()
+    again = reload(d)[0]
+    assert view(again) == view(st)
+    assert {"w200", "w204", "w300"} <= again.items.keys()
+
+
+def test_a_background_snapshot_starts_the_journal_afresh_with_what_came_meanwhile(
+    d: Path,
+) -> None:
+    # The WAL must not keep growing with records the snapshot holds: it is replaced by
+    # one of the next generation holding only the tail written while the child ran.
+    st, store = open_fresh(d)
+    work(st, store, 200)
+    before = (d / wal.WAL_NAME).stat().st_size
+    with capture_logs() as logs:
+        assert store.snapshot_background(st, T0 + 1000)
+        work(st, store, 2, start=500)  # a tail to carry over
+        result = wait_snapshot(store)
+    assert result is not None and result.ok, result
+    assert not [e for e in logs if e["event"] == "journal_rotate_failed"], logs
+    assert store.generation == 2
+    assert (d / wal.WAL_NAME).stat().st_size < before / 10
+    store.close()
+    again = reload(d)[0]
+    assert view(again) == view(st)
+    assert {"w500", "w501"} <= again.items.keys()
+
+
+def test_a_failed_snapshot_keeps_the_previous_one_and_the_journal(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 3)
+    assert store.snapshot(st, T0 + 10).ok
+    before = (d / snapshot.SNAPSHOT_NAME).read_bytes()
+    work(st, store, 3, start=10)
+    # A directory where the temporary file must go: the OS refuses the open (EISDIR).
+    (d / f"{snapshot.SNAPSHOT_NAME}.tmp.{os.getpid()}").mkdir()
+    result = store.snapshot(st, T0 + 20)
+    assert not result.ok and "EISDIR" in result.reason
+    assert (d / snapshot.SNAPSHOT_NAME).read_bytes() == before
+    store.close()
+    assert view(reload(d)[0]) == view(st)

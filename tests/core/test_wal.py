@@ -1,0 +1,98 @@
+"""The write-ahead log on real files: group commit, fsync policies, replay, torn tails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from coordd.storage import wal
+from coordd.storage.files import Corrupt, StoreError, lock_state_dir
+from tests.core.storage_helpers import open_fresh, reload, view, work, written
+
+
+@pytest.fixture
+def d(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_every_written_transition_is_replayed_after_a_restart(d: Path) -> None:
+    st, store = open_fresh(d)
+    work(st, store, 20)
+    store.close()
+    again, store2 = reload(d)
+    assert view(again) == view(st)
+    assert again.team_velocity == {"core": 30}
+    # indexes are rebuilt: the held items are held again
+    assert again.workload("a1") == st.workload("a1") > 0
+    store2.close()
+
+
+@pytest.mark.parametrize("policy", ["always", "everysec", "never"])
+def test_every_policy_keeps_what_was_written_once_closed(d: Path, policy: str) -> None:
+    st, store = open_fresh(d, policy)
+    work(st, store, 5)
+    store.tick()
+    store.close()
+    assert view(reload(d)[0]) == view(st)
+
+
+def test_each_batch_is_one_timed_sync_with_always_and_none_with_never(d: Path) -> None:
+    synced: list[float] = []
+    st, store = open_fresh(d, "always", observe_fsync=synced.append)
+    work(st, store, 4)  # 4 claims + 2 completions: 6 batches
+    store.close()
+    assert len(synced) == 6 and all(s >= 0 for s in synced)
+    synced.clear()
+    st, store = open_fresh(d / "never", "never", observe_fsync=synced.append)
+    work(st, store, 4)
+    store.close()
+    assert synced == []
+
+
+def test_an_unknown_fsync_policy_is_refused(d: Path) -> None:
+    with pytest.raises(ValueError, match="always, everysec, never"):
+        wal.WalWriter(d / wal.WAL_NAME, "sometimes")
+
+
+def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
+    st, path = written(d, 4)
+    good_size = path.stat().st_size
+    with open(path, "ab") as f:  # half a frame: the process died mid-append
+        f.write(struct.pack(">II", 500, 0) + b"\x93\xa4item")
+    with capture_logs() as logs:
+        again, store2 = reload(d)
+    assert view(again) == view(st)
+    warning = [e for e in logs if e["event"] == "journal_torn_tail_dropped"]
+    assert warning and warning[0]["offset"] == good_size and warning[0]["log_level"] == "warning"
+    assert path.stat().st_size == good_size  # cut, so new frames follow the last good one
+    work(again, store2, 2, start=100)
+    store2.close()
+    assert view(reload(d)[0]) == view(again)
+
+
+def test_a_bad_checksum_in_the_middle_refuses_with_file_offset_and_fsck(d: Path) -> None:
+    _, path = written(d, 4)
+    data = bytearray(path.read_bytes())
+    first = wal.HEADER.size
+    data[first + 12] ^= 0xFF  # inside the first record's payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(Corrupt) as err:
+        reload(d)
+    msg = str(err.value)
+    assert str(path) in msg and f"offset {first}" in msg and "coordd fsck --repair" in msg
+
+
+def test_a_second_holder_of_the_state_dir_is_refused(d: Path) -> None:
+    d.mkdir()
+    fd = lock_state_dir(d)
+    try:
+        with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
+            lock_state_dir(d)
+    finally:
+        os.close(fd)
+    shutil.rmtree(d)
