@@ -30,8 +30,8 @@ from bench.harness import (
     request,
     short_dir,
 )
-from coordd.core import freshness
-from coordd.core.freshness import Policy
+from coordd.core import recovery
+from coordd.core.rules import Policy
 from coordd.core.state import State
 
 
@@ -444,11 +444,11 @@ class Bench:
         quiet = []
         for k in range(200):
             t = time.perf_counter()
-            freshness.tick(state, t0 + threshold - 1 + k * 0.001)
+            recovery.tick(state, t0 + threshold - 1 + k * 0.001)
             quiet.append(time.perf_counter() - t)
         quiet.sort()
         t = time.perf_counter()
-        recovered = freshness.tick(state, t0 + threshold + 1)
+        recovered = recovery.tick(state, t0 + threshold + 1)
         busy = time.perf_counter() - t
         state.drain()
         assert len(recovered) == expiring, (len(recovered), expiring)
@@ -468,7 +468,7 @@ class Bench:
             if item.status == "active" and item.agent_id is not None:
                 state.heartbeat(item.agent_id, t0 + 200, item.work_item_id, item.lease)
         t = time.perf_counter()
-        none = freshness.tick(state, t0 + threshold + 10.5)
+        none = recovery.tick(state, t0 + threshold + 10.5)
         requeue = time.perf_counter() - t
         requeued = n - expiring
         per = requeue / max(1, requeued)

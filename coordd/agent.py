@@ -29,6 +29,7 @@ import msgspec
 import zmq
 
 from coordd import protocol, rpc
+from coordd.kinds import Priority
 
 STOP_CHECK = 0.2  # seconds; how soon the heartbeat thread notices close()
 
@@ -181,7 +182,7 @@ class Agent:
         work_type: str | None = None,
         description: str | None = None,
         *,
-        priority: str = "medium",
+        priority: str = Priority.MEDIUM,
         team: str | None = None,
         work_item_id: str | None = None,
         stale_after: float | None = None,

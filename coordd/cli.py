@@ -101,7 +101,8 @@ def import_(config_file: str | None, directory: str) -> None:
     import time
 
     from coordd import legacy
-    from coordd.core.state import Limits, State
+    from coordd.core.model import Limits
+    from coordd.core.state import State
     from coordd.storage.store import StoreError
 
     cfg = _load(config_file, {})

@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 
 from coordd import protocol
-from coordd.core.freshness import Policy, TypeRule, validate_policy
+from coordd.core.rules import Policy, TypeRule, validate_policy
+from coordd.kinds import FsyncPolicy, Strategy
 
 # The old script's names for our keys.
 LEGACY_ENV = {
@@ -29,7 +30,7 @@ LEGACY_ENV = {
     "AGENT_ID": "agent_id",
 }
 
-FSYNC_POLICIES = ("always", "everysec", "never")
+FSYNC_POLICIES = tuple(FsyncPolicy)
 AI_PROVIDERS = ("ollama", "claude", "auto")
 LOG_FORMATS = ("auto", "console", "json", "journal")
 # sun_path in sockaddr_un is 108 bytes including the terminating NUL.
@@ -55,14 +56,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stale_threshold: float = 300.0
     heartbeat_interval: float = 60.0
     tick_interval: float = 1.0
-    recovery: str = "reassign"
+    recovery: str = Strategy.REASSIGN
     max_retries: int = 3
-    retry_escalation: str = "fail"
+    retry_escalation: str = Strategy.FAIL
     work_types: dict[str, TypeRule] = {}
     publish_heartbeats: bool = False  # a "heartbeat" event per heartbeat message
     # durability
     snapshot_interval: float = 30.0
-    fsync: str = "always"
+    fsync: str = FsyncPolicy.ALWAYS
     legacy_export: bool = False
     legacy_import: bool = True
     # limits

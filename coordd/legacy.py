@@ -31,22 +31,21 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from coordd.core.state import (
-    PRIORITIES,
-    STATUSES,
+from coordd.core.model import (
     AddCompletion,
     Agent,
     Completion,
     PutAgent,
     PutItem,
     Record,
-    State,
     WorkItem,
 )
+from coordd.core.state import State
+from coordd.kinds import Priority, Status
 from coordd.storage.files import write_atomic
 
 CLAIMS = "work_claims.json"
@@ -55,7 +54,7 @@ LOG = "coordination_log.json"
 VELOCITY = "velocity_log.txt"
 LEGACY_FILES = (CLAIMS, AGENTS, LOG, VELOCITY)
 
-_ITEM_FIELDS = {f.name for f in msgspec.structs.fields(WorkItem)} - {"legacy", "heap_deadline"}
+_ITEM_FIELDS = {f.name for f in msgspec.structs.fields(WorkItem)} - {"legacy"}
 _AGENT_FIELDS = {f.name for f in msgspec.structs.fields(Agent)} - {"legacy"}
 _COMPLETION_FIELDS = {f.name for f in msgspec.structs.fields(Completion)} - {"legacy"}
 _TIME_FIELDS = {
@@ -68,7 +67,9 @@ _TIME_FIELDS = {
     "registered_at",
 }
 # Derived on export, so never stored.
+# (``heap_deadline``: index data older coordd versions wrote out; never a fact.)
 _DERIVED = {"current_workload", "heap_deadline"}
+_E = TypeVar("_E", Priority, Status)
 _VELOCITY_LINE = re.compile(r"^(\S+): Team (\S+) \+(\d+) velocity points$")
 
 
@@ -189,11 +190,12 @@ class _Importer:
         legacy = _extras(row, _ITEM_FIELDS)
         agent_id = _text_or_none(row.get("agent_id"))
         status = self._status(row.get("status"), agent_id, wid, legacy)
-        priority = row.get("priority")
-        if priority not in PRIORITIES:
-            legacy["legacy_priority"] = priority
-            self.mapped(CLAIMS, wid, f"priority {priority!r} -> medium")
-            priority = "medium"
+        raw_priority = row.get("priority")
+        priority = _member(Priority, raw_priority)
+        if priority is None:
+            legacy["legacy_priority"] = raw_priority
+            self.mapped(CLAIMS, wid, f"priority {raw_priority!r} -> medium")
+            priority = Priority.MEDIUM
         claimed_at = parse_time(row.get("claimed_at"))
         last_heartbeat = (
             parse_time(row.get("last_heartbeat"))
@@ -232,9 +234,10 @@ class _Importer:
             legacy=legacy or None,
         )
 
-    def _status(self, raw: Any, agent_id: str | None, wid: str, legacy: dict[str, Any]) -> str:
-        if raw in STATUSES and not (raw == "active" and agent_id is None):
-            return str(raw)
+    def _status(self, raw: Any, agent_id: str | None, wid: str, legacy: dict[str, Any]) -> Status:
+        known = _member(Status, raw)
+        if known is not None and not (known == Status.ACTIVE and agent_id is None):
+            return known
         status = map_status(raw, agent_id)
         legacy["legacy_status"] = raw
         self.mapped(CLAIMS, wid, f"status {_short(raw)!r} -> {status}")
@@ -333,14 +336,19 @@ class _Importer:
         return out
 
 
-def map_status(raw: Any, agent_id: str | None) -> str:
+def map_status(raw: Any, agent_id: str | None) -> Status:
     """The documented rule for a status coordd does not know (see module docstring)."""
     text = str(raw).lower() if raw is not None else ""
     if "complet" in text or "done" in text:
-        return "completed"
+        return Status.COMPLETED
     if "fail" in text:
-        return "failed"
-    return "active" if agent_id else "pending"
+        return Status.FAILED
+    return Status.ACTIVE if agent_id else Status.PENDING
+
+
+def _member(kind: type[_E], raw: Any) -> _E | None:
+    """``raw`` as a member of ``kind`` when it is exactly one of its strings."""
+    return kind(raw) if isinstance(raw, str) and raw in kind._value2member_map_ else None
 
 
 def _read_json_list(path: Path, summary: Summary) -> list[Any]:

@@ -17,9 +17,11 @@ the field and the limit (``Expected `str` of length <= 200 - at `$.agent_id```).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
+
+from coordd import kinds
 
 PROTOCOL_VERSION = 1
 
@@ -37,8 +39,10 @@ Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
-Priority = Literal["low", "medium", "high", "critical"]
-Strategy = Literal["reassign", "retry", "fail", "none"]
+# The closed vocabularies are the enums of ``coordd.kinds``: the decoder refuses any
+# other string with "Invalid enum value", as it did when they were Literals here.
+Priority = kinds.Priority
+Strategy = kinds.Strategy
 
 # Stable error codes. Clients switch on these; never rename one.
 ERROR_CODES: dict[str, str] = {
@@ -113,7 +117,7 @@ class Add(Request, tag="add"):
 
     work_type: Id
     description: Text
-    priority: Priority = "medium"
+    priority: Priority = Priority.MEDIUM
     team: Id = ""
     work_item_id: Id | None = None
     stale_after: Seconds | None = None
@@ -125,7 +129,7 @@ class Claim(Request, tag="claim"):
     agent_id: Id
     work_type: Id
     description: Text
-    priority: Priority = "medium"
+    priority: Priority = Priority.MEDIUM
     team: Id = ""
     work_item_id: Id | None = None
     stale_after: Seconds | None = None
@@ -244,7 +248,7 @@ class AiRecommendClaim(Request, tag="ai_recommend_claim"):
 
     work_type: Id
     description: Text
-    priority: Priority = "medium"
+    priority: Priority = Priority.MEDIUM
     team: Id = ""
     model: Id | None = None
     fresh: bool = False

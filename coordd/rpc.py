@@ -34,9 +34,7 @@ class Caller:
     Not thread-safe (no ZeroMQ socket is): one Caller per thread, or a lock around it.
     """
 
-    def __init__(
-        self, endpoint: str, timeout: float, ctx: zmq.Context[Any] | None = None
-    ) -> None:
+    def __init__(self, endpoint: str, timeout: float, ctx: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.codec = protocol.Codec()

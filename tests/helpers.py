@@ -45,11 +45,13 @@ def sample_request(cls: type) -> Any:
         msgspec.inspect.FloatType: 1.0,
         msgspec.inspect.BoolType: False,
     }
-    values = {
-        f.name: f.type.values[0]
-        if isinstance(f.type, msgspec.inspect.LiteralType)
-        else plain.get(type(f.type))
-        for f in info.fields
-        if f.required
-    }
+
+    def value(t: msgspec.inspect.Type) -> Any:
+        if isinstance(t, msgspec.inspect.LiteralType):
+            return t.values[0]
+        if isinstance(t, msgspec.inspect.EnumType):  # the vocabularies of coordd.kinds
+            return next(iter(t.cls)).value
+        return plain.get(type(t))
+
+    values = {f.name: value(f.type) for f in info.fields if f.required}
     return msgspec.convert(values, cls)

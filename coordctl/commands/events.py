@@ -12,7 +12,7 @@ import zmq
 from coordctl import render
 from coordctl.base import Ctx, command, fail
 from coordctl.client import EXIT_UNREACHABLE
-from coordd.core.state import Event
+from coordd.core.model import Event
 
 
 def _event_line(ev: Event) -> str:

@@ -3,7 +3,7 @@ claim-enhanced (the old script's claim: warn about staleness, ask the AI, claim,
 the claim fresh with the heartbeater).
 
 The old script's command words, so its users keep their habits. Like the rest of
-coordctl these parse, call and render; the rules are in ``coordd.core.freshness``.
+coordctl these parse, call and render; the rules are in ``coordd.core.rules``.
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
 from coordd.ai.base import Message
 from coordd.ai.router import Attempt, NoProvider, Router, digest
+from coordd.kinds import Priority
 
 Score = Annotated[int, msgspec.Meta(ge=1, le=100)]
-PriorityName = Literal["low", "medium", "high", "critical"]
 Loose = str | float  # models write "high" or 0.8 for the same idea; both are kept
 
 
@@ -95,7 +95,7 @@ class TeamAnswer(Answer, kw_only=True):
 class ClaimAnswer(Answer, kw_only=True):
     should_claim: bool
     reasoning: str = ""
-    suggested_priority: PriorityName
+    suggested_priority: Priority
 
 
 class Finding(Answer, kw_only=True):

@@ -4,184 +4,57 @@ Pure and synchronous, like h11: no sockets, no files, no clock reads, no logging
 Every transition takes ``now`` (seconds since the epoch, from the caller's clock),
 validates, applies, and appends what happened to two outboxes the edges drain:
 ``records`` (for the write-ahead journal) and ``events`` (for the PUB socket and logs).
+When an item is stale is asked of ``rules``; the tick and recovery that act on it
+drive this object from ``recovery``.
 
 Invariants kept here:
 - ``lease_seq`` only grows; an item's ``lease`` is bumped on every claim, release and
   recovery, so a holder that lost an item can never act on it again (fencing token);
-- ``_pending`` holds exactly the ids of pending items, by priority then arrival;
-- ``_held`` holds exactly the ids of active items, by agent;
-- every active, non-stale item has one live entry in the deadline heap
-  (``heap_deadline`` names it; entries whose deadline differs are dead and skipped).
+- the indexes (``indexes.Indexes``) say what the items say: pending ids by priority
+  then arrival, active ids by holder, stale ids, counts by status;
+- every active, non-stale item has one live entry in the deadline heap, whose
+  deadline is never later than ``rules.deadline`` for the item: nobody is judged late
+  (an early entry is re-queued when it surfaces).
+The policy, the restart grace and a restore change through methods that keep these.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
-import msgspec
-
-if TYPE_CHECKING:
-    from coordd.core.freshness import Policy
-
-PRIORITIES = ("critical", "high", "medium", "low")
-PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
-STATUSES = ("pending", "active", "completed", "failed")
-
-
-# --- domain errors: the server maps each to one stable error code ----------
-
-
-class DomainError(Exception):
-    code = "internal"
-
-
-class BadRequest(DomainError):
-    code = "bad_request"
-
-
-class UnknownWork(DomainError):
-    code = "unknown_work"
-
-
-class UnknownAgent(DomainError):
-    code = "unknown_agent"
-
-
-class LeaseLost(DomainError):
-    code = "lease_lost"
-
-
-class NotOwner(DomainError):
-    code = "not_owner"
-
-
-class Conflict(DomainError):
-    code = "conflict"
-
-
-class NothingPending(DomainError):
-    code = "nothing_pending"
-
-
-class LimitReached(DomainError):
-    code = "limit_reached"
-
-
-# --- the model ---------------------------------------------------------------
-
-
-# gc=False: these hold only scalars and plain JSON data (never a reference back to a
-# struct), so they cannot be part of a cycle; untracked, a million of them no longer
-# lengthen every full garbage collection (measured 27 ms -> 3 ms per 1M objects).
-class WorkItem(msgspec.Struct, kw_only=True, gc=False):
-    """One unit of work. Field names follow the old ``work_claims.json``."""
-
-    work_item_id: str
-    work_type: str
-    description: str
-    priority: str = "medium"
-    team: str = ""
-    status: str = "pending"
-    agent_id: str | None = None
-    claimed_at: float | None = None
-    progress: int = 0
-    stage: str | None = None
-    completed_at: float | None = None
-    result: str | None = None
-    velocity_points: int | None = None
-    last_heartbeat: float | None = None
-    retry_count: int = 0
-    recovery_reason: str | None = None
-    recovered_at: float | None = None
-    recovered_from: str | None = None
-    lease: int = 0
-    stale_after: float | None = None
-    stale_since: float | None = None
-    created_at: float = 0.0
-    heap_deadline: float | None = None
-    # Fields of an imported legacy item that coordd has no use for, kept verbatim
-    # so an export gives them back (reactor_id, estimated_duration, telemetry, ...).
-    legacy: dict[str, Any] | None = None
-
-
-class Agent(msgspec.Struct, kw_only=True, gc=False):
-    agent_id: str
-    team: str = ""
-    capacity: int = 100
-    specialization: str = ""
-    status: str = "active"
-    last_heartbeat: float | None = None
-    registered_at: float = 0.0
-    tasks_completed: int = 0
-    legacy: dict[str, Any] | None = None
-
-
-class Completion(msgspec.Struct, kw_only=True, gc=False):
-    """One line of the completion log (the old ``coordination_log.json``)."""
-
-    work_item_id: str
-    completed_at: float
-    agent_id: str | None
-    result: str
-    velocity_points: int = 0
-    team: str = ""
-    legacy: dict[str, Any] | None = None
-
-
-# --- journal records: physical, so replay needs no clock and no rules --------
-
-
-class PutItem(msgspec.Struct, tag="item", array_like=True):
-    item: WorkItem
-
-
-class PutAgent(msgspec.Struct, tag="agent", array_like=True):
-    agent: Agent
-
-
-class AddCompletion(msgspec.Struct, tag="done", array_like=True):
-    entry: Completion
-
-
-Record = PutItem | PutAgent | AddCompletion
-
-
-class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Something an observer may care about: published on the events socket and logged."""
-
-    event: str
-    at: float
-    work_item_id: str | None = None
-    agent_id: str | None = None
-    lease: int | None = None
-    detail: str | None = None
-
-
-class ItemBeatLike(Protocol):
-    """One item of a heartbeat batch (``protocol.ItemBeat`` on the wire)."""
-
-    work_item_id: str
-    lease: int | None
-
-
-class Limits(msgspec.Struct, kw_only=True):
-    max_items: int = 5_000_000
-    max_agents: int = 100_000
-    max_id_len: int = 200
-    max_description_len: int = 10_000
+from coordd.core import rules
+from coordd.core.indexes import Indexes
+from coordd.core.model import (
+    AddCompletion,
+    Agent,
+    BadRequest,
+    Completion,
+    Conflict,
+    DomainError,
+    Event,
+    ItemBeatLike,
+    LeaseLost,
+    LimitReached,
+    Limits,
+    NothingPending,
+    NotOwner,
+    PutAgent,
+    PutItem,
+    Record,
+    UnknownAgent,
+    UnknownWork,
+    WorkItem,
+)
+from coordd.core.rules import Policy
+from coordd.kinds import PRIORITY_RANK, Priority, Status
 
 
 class State:
     """All of coordd's state. One instance, owned by the event loop."""
 
     def __init__(self, policy: Policy | None = None, limits: Limits | None = None) -> None:
-        if policy is None:
-            from coordd.core.freshness import Policy
-
-            policy = Policy()
-        self.policy = policy
+        self.policy = policy or Policy()
         self.limits = limits or Limits()
         self.items: dict[str, WorkItem] = {}
         self.agents: dict[str, Agent] = {}
@@ -189,23 +62,13 @@ class State:
         self.team_velocity: dict[str, int] = {}
         self.lease_seq = 0
         self._last_id_ns = 0
-        # Before this moment nobody is judged stale: set at start so downtime is never
-        # counted against agents that need time to reconnect.
+        # The restart grace (see ``rules``): nobody is judged on silence before it.
         self.not_before = 0.0
-        self._pending: dict[int, dict[str, None]] = {r: {} for r in range(len(PRIORITIES))}
-        self._held: dict[str, dict[str, None]] = {}
-        # Kept with the indexes so counts() costs O(1), not a walk over every item (at a
-        # million items that walk stalled the loop ~145 ms on every metrics sample).
-        self._n_active = 0
-        self._stale: dict[str, None] = {}  # active items marked stale
-        self._n_other: dict[str, int] = {}  # items in no index (completed, failed), by status
-        self._heap: list[tuple[float, str]] = []
+        self._ix = Indexes()
         # One ``heartbeat`` event per heartbeat message when set (config
         # ``publish_heartbeats``). Off by default: it costs more than the heartbeat itself
         # (measured 240k -> 90k heartbeats/s through the daemon).
         self.heartbeat_events = False
-        # Entries ever popped from the deadline heap: what a tick costs, observable.
-        self.heap_pops = 0
         self.records: list[Record] = []
         self.events: list[Event] = []
         self.counters: dict[str, int] = {
@@ -215,6 +78,65 @@ class State:
             "lease_refused": 0,
             "stale_detected": 0,
         }
+
+    # --- policy, restart grace, restore: the changes that move every deadline ------
+
+    def set_policy(self, policy: Policy) -> bool:
+        """Apply a new freshness policy (reload); False when it is the same one."""
+        if policy == self.policy:
+            return False
+        self.policy = policy
+        # Deadlines were queued under the old thresholds: a shorter one must act now,
+        # not when its old entry surfaces. (~1 s per million active items.)
+        self._ix.requeue(self.items, self.policy, self.not_before)
+        return True
+
+    def start_grace(self, now: float) -> None:
+        """Start the restart grace at ``now``: silence before it is not counted."""
+        moved_back = now < self.not_before
+        self.not_before = now
+        # A later grace only moves deadlines later, so every heap entry is still early
+        # or on time (re-queued when it surfaces); an earlier one would leave late ones.
+        if moved_back:
+            self._ix.requeue(self.items, self.policy, self.not_before)
+
+    def restore(
+        self,
+        items: Iterable[WorkItem] = (),
+        agents: Iterable[Agent] = (),
+        completions: Iterable[Completion] = (),
+        team_velocity: dict[str, int] | None = None,
+        lease_seq: int = 0,
+        records: Iterable[Record] = (),
+    ) -> int:
+        """Replace the content with a snapshot's, replay ``records`` after it, rebuild
+        the indexes. Returns the records applied."""
+        self.items = {i.work_item_id: i for i in items}
+        self.agents = {a.agent_id: a for a in agents}
+        self.completions = list(completions)
+        self.team_velocity = dict(team_velocity or {})
+        self.lease_seq = lease_seq
+        n = 0
+        for rec in records:
+            self.apply_record(rec)
+            n += 1
+        self.rebuild_indexes()
+        return n
+
+    # --- freshness, as the rules judge it with this state's policy and grace --------
+
+    def deadline(self, item: WorkItem) -> float:
+        """When an active item becomes stale if it hears nothing more."""
+        return rules.deadline(self.policy, item, self.not_before)
+
+    def is_stale(self, item: WorkItem, now: float) -> bool:
+        """Whether ``item`` is stale at ``now`` (see ``rules.is_stale``)."""
+        return rules.is_stale(self.policy, item, now, self.not_before)
+
+    @property
+    def heap_pops(self) -> int:
+        """Entries ever popped from the deadline heap: what ticks cost, observable."""
+        return self._ix.pops
 
     # --- helpers -------------------------------------------------------------
 
@@ -267,16 +189,16 @@ class State:
         return item
 
     def workload(self, agent_id: str) -> int:
-        return len(self._held.get(agent_id, ()))
+        return len(self._ix.held.get(agent_id, ()))
 
     def active_items(self) -> Iterator[WorkItem]:
         """Every active item, through the holder index (no scan of finished items)."""
-        for held in self._held.values():
+        for held in self._ix.held.values():
             for wid in held:
                 yield self.items[wid]
 
     def held_by(self, agent_id: str) -> Iterator[WorkItem]:
-        for wid in self._held.get(agent_id, ()):
+        for wid in self._ix.held_ids(agent_id):
             yield self.items[wid]
 
     def _ensure_agent(self, agent_id: str, now: float, team: str = "") -> Agent:
@@ -293,44 +215,13 @@ class State:
         self.records.append(PutAgent(agent))
         return agent
 
-    # --- indexes ---------------------------------------------------------------
+    # --- indexes (derived data: see ``indexes``) ---------------------------------
 
     def _index(self, item: WorkItem) -> None:
-        """Enter an item in the index its status calls for (used on load too)."""
-        if item.status == "pending":
-            rank = PRIORITY_RANK.get(item.priority, PRIORITY_RANK["medium"])
-            self._pending[rank][item.work_item_id] = None
-        elif item.status == "active" and item.agent_id is not None:
-            self._held.setdefault(item.agent_id, {})[item.work_item_id] = None
-            self._n_active += 1
-            if item.stale_since is None:
-                self._queue(item)
-            else:
-                self._stale[item.work_item_id] = None
+        self._ix.enter(item, self.policy, self.not_before)
 
     def _unindex(self, item: WorkItem) -> None:
-        if item.status == "pending":
-            rank = PRIORITY_RANK.get(item.priority, PRIORITY_RANK["medium"])
-            self._pending[rank].pop(item.work_item_id, None)
-        elif item.status == "active" and item.agent_id is not None:
-            held = self._held.get(item.agent_id)
-            if held is not None and item.work_item_id in held:
-                del held[item.work_item_id]
-                self._n_active -= 1
-                if not held:
-                    del self._held[item.agent_id]
-            self._stale.pop(item.work_item_id, None)
-        item.heap_deadline = None  # any heap entry for it is now dead
-
-    def deadline(self, item: WorkItem) -> float:
-        """When an active item becomes stale if it hears nothing more."""
-        last = item.last_heartbeat if item.last_heartbeat is not None else item.created_at
-        return max(last, self.not_before) + self.policy.threshold_for(item)
-
-    def _queue(self, item: WorkItem) -> None:
-        d = self.deadline(item)
-        item.heap_deadline = d
-        heapq.heappush(self._heap, (d, item.work_item_id))
+        self._ix.leave(item)
 
     def pop_expired(self, now: float) -> list[WorkItem]:
         """Active items whose deadline has passed, removed from the heap.
@@ -339,83 +230,12 @@ class State:
         items held: a heartbeat only moves ``last_heartbeat``; the item's entry is
         re-queued at its true deadline when it surfaces.
         """
-        expired: list[WorkItem] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            d, wid = heapq.heappop(heap)
-            self.heap_pops += 1
-            item = self.items.get(wid)
-            if item is None or item.heap_deadline != d:
-                continue  # a dead entry
-            true_deadline = self.deadline(item)
-            if true_deadline > now:
-                item.heap_deadline = true_deadline
-                heapq.heappush(heap, (true_deadline, wid))
-                continue
-            item.heap_deadline = None
-            expired.append(item)
-        return expired
-
-    def requeue_deadlines(self) -> None:
-        """Rebuild the deadline heap from the active items under the current policy.
-
-        After a policy change (reload): ``pop_expired`` re-queues an entry that surfaces
-        too early, but an entry queued under a longer threshold would surface too late.
-        """
-        heap: list[tuple[float, str]] = []
-        for held in self._held.values():
-            for wid in held:
-                item = self.items[wid]
-                if item.stale_since is None:
-                    item.heap_deadline = self.deadline(item)
-                    heap.append((item.heap_deadline, wid))
-        heapq.heapify(heap)
-        self._heap = heap
+        return self._ix.pop_expired(now, self.items, self.policy, self.not_before)
 
     def rebuild_indexes(self) -> None:
-        """Recompute every index from ``items`` (after a load or a replay)."""
-        # What _index does for each item, unrolled: at a million items the calls, the
-        # heappush per item and max() per item were 1.5 s of a restart. Entries are
-        # appended and the heap built once (heapify is O(n), n heappushes O(n log n)).
-        pending: dict[int, dict[str, None]] = {r: {} for r in range(len(PRIORITIES))}
-        held: dict[str, dict[str, None]] = {}
-        heap: list[tuple[float, str]] = []
-        rank_of, medium = PRIORITY_RANK.get, PRIORITY_RANK["medium"]
-        threshold_for, not_before = self.policy.threshold_for, self.not_before
-        push = heap.append
-        top_lease = self.lease_seq
-        stale: dict[str, None] = {}
-        other: dict[str, int] = {}
-        n_active = 0
-        for item in self.items.values():
-            if item.lease > top_lease:
-                top_lease = item.lease
-            item.heap_deadline = None
-            status = item.status
-            if status == "pending":
-                pending[rank_of(item.priority, medium)][item.work_item_id] = None
-            elif status == "active" and item.agent_id is not None:
-                wid = item.work_item_id
-                mine = held.get(item.agent_id)
-                if mine is None:
-                    mine = held[item.agent_id] = {}
-                mine[wid] = None
-                n_active += 1
-                if item.stale_since is not None:
-                    stale[wid] = None
-                else:
-                    last = item.last_heartbeat
-                    if last is None:
-                        last = item.created_at
-                    d = max(last, not_before) + threshold_for(item)  # as self.deadline
-                    item.heap_deadline = d
-                    push((d, wid))
-            else:
-                other[status] = other.get(status, 0) + 1
-        heapq.heapify(heap)
-        self._stale, self._n_other, self._n_active = stale, other, n_active
-        self._pending, self._held, self._heap = pending, held, heap
-        self.lease_seq = top_lease
+        """Recompute every index from ``items`` (after a load, a replay or an import)."""
+        top = self._ix.rebuild(self.items, self.policy, self.not_before)
+        self.lease_seq = max(self.lease_seq, top)
 
     # --- holder checks --------------------------------------------------------------
 
@@ -438,7 +258,7 @@ class State:
                 f" status {item.status})",
             )
         fenced = item.recovered_from is not None and item.recovered_from == agent_id
-        if fenced and (agent_id != item.agent_id or item.status != "active"):
+        if fenced and (agent_id != item.agent_id or item.status != Status.ACTIVE):
             # Recovered away from this agent (reassigned, or failed while it was silent).
             self._lease_lost(
                 item,
@@ -449,7 +269,7 @@ class State:
             )
         if agent_id is not None and agent_id != item.agent_id:
             raise NotOwner(f"{item.work_item_id} is held by {item.agent_id or 'nobody'}")
-        if item.status != "active":
+        if item.status != Status.ACTIVE:
             raise Conflict(f"{item.work_item_id} is {item.status}, not active")
 
     def _lease_lost(
@@ -487,7 +307,7 @@ class State:
         work_type: str,
         description: str,
         now: float,
-        priority: str = "medium",
+        priority: str = Priority.MEDIUM,
         team: str = "",
         work_item_id: str | None = None,
         stale_after: float | None = None,
@@ -500,7 +320,7 @@ class State:
             work_item_id=work_item_id or self._new_id(now),
             work_type=work_type,
             description=description,
-            priority=priority,
+            priority=Priority(priority),
             team=team,
             created_at=now,
             stale_after=stale_after,
@@ -517,7 +337,7 @@ class State:
         work_type: str,
         description: str,
         now: float,
-        priority: str = "medium",
+        priority: str = Priority.MEDIUM,
         team: str = "",
         work_item_id: str | None = None,
         stale_after: float | None = None,
@@ -531,7 +351,7 @@ class State:
             work_item_id=work_item_id or self._new_id(now),
             work_type=work_type,
             description=description,
-            priority=priority,
+            priority=Priority(priority),
             team=team,
             created_at=now,
             stale_after=stale_after,
@@ -551,7 +371,7 @@ class State:
         """Take the most urgent pending item (critical first, then oldest)."""
         if work_item_id is not None:
             item = self.get(work_item_id)
-            if item.status != "pending":
+            if item.status != Status.PENDING:
                 raise Conflict(f"{work_item_id} is {item.status}, not pending")
         else:
             found = self._find_pending(work_type, team)
@@ -564,8 +384,8 @@ class State:
         return item
 
     def _find_pending(self, work_type: str | None, team: str | None) -> WorkItem | None:
-        for rank in range(len(PRIORITIES)):
-            for wid in self._pending[rank]:
+        for rank in range(len(PRIORITY_RANK)):
+            for wid in self._ix.pending[rank]:
                 item = self.items[wid]
                 if work_type is not None and item.work_type != work_type:
                     continue
@@ -575,7 +395,7 @@ class State:
         return None
 
     def _take(self, item: WorkItem, agent_id: str, now: float) -> None:
-        item.status = "active"
+        item.status = Status.ACTIVE
         item.agent_id = agent_id
         item.claimed_at = now
         item.last_heartbeat = now
@@ -625,7 +445,7 @@ class State:
                 raise UnknownAgent(f"no agent {agent_id!r}; register or claim first")
             agent.last_heartbeat = now
             n = 0
-            for wid in self._held.get(agent_id, ()):
+            for wid in self._ix.held.get(agent_id, ()):
                 self._refresh(self.items[wid], now)
                 n += 1
             self.counters["heartbeats"] += max(n, 1)
@@ -635,7 +455,7 @@ class State:
             item is not None
             and item.agent_id == agent_id
             and (lease is None or lease == item.lease)
-            and item.status == "active"
+            and item.status == Status.ACTIVE
             and item.stale_since is None
             and (progress is None or progress == item.progress)
         ):
@@ -672,7 +492,7 @@ class State:
                 item is not None
                 and item.agent_id == agent_id
                 and (lease is None or lease == item.lease)
-                and item.status == "active"
+                and item.status == Status.ACTIVE
                 and item.stale_since is None
             ):
                 item.last_heartbeat = now  # the holder refreshing a fresh item
@@ -696,8 +516,8 @@ class State:
         if item.stale_since is not None:
             # A stale item left alone (strategy ``none``) is fresh again.
             item.stale_since = None
-            self._stale.pop(item.work_item_id, None)
-            self._queue(item)
+            self._ix.unmark_stale(item.work_item_id)
+            self._ix.queue(item.work_item_id, self.deadline(item))
             self._emit("fresh_again", now, item)
 
     def progress(
@@ -738,7 +558,7 @@ class State:
             raise BadRequest(f"velocity must be >= 0, got {velocity}")
         item = self.get(work_item_id)
         self._check_holder(item, agent_id, lease, now)
-        self._finish(item, now, "completed", result, velocity)
+        self._finish(item, now, Status.COMPLETED, result, velocity)
         self.counters["completions"] += 1
         agent = self.agents.get(item.agent_id or "")
         if agent is not None:
@@ -746,14 +566,16 @@ class State:
             self.records.append(PutAgent(agent))
         return item
 
-    def _finish(self, item: WorkItem, now: float, status: str, result: str, velocity: int) -> None:
+    def _finish(
+        self, item: WorkItem, now: float, status: Status, result: str, velocity: int
+    ) -> None:
         self._unindex(item)
         item.status = status
-        self._n_other[status] = self._n_other.get(status, 0) + 1
+        self._ix.count_finished(status)
         item.completed_at = now
         item.result = result
         item.velocity_points = velocity
-        item.progress = 100 if status == "completed" else item.progress
+        item.progress = 100 if status == Status.COMPLETED else item.progress
         self._put(item)
         entry = Completion(
             work_item_id=item.work_item_id,
@@ -791,20 +613,20 @@ class State:
 
     def _to_pending(self, item: WorkItem) -> None:
         self._unindex(item)
-        item.status = "pending"
+        item.status = Status.PENDING
         item.agent_id = None
         item.stale_since = None
         item.lease = self._next_lease()
         self._index(item)
 
-    # --- recovery primitives (the rules that choose them live in freshness.py) ----
+    # --- recovery primitives (``recovery`` chooses them, ``rules`` judges) ----------
 
     def mark_stale(self, item: WorkItem, now: float) -> None:
+        """Record that ``item`` was found stale at ``now`` (once: it leaves the heap)."""
         item.stale_since = now
-        self._stale[item.work_item_id] = None
-        item.heap_deadline = None
+        self._ix.mark_stale(item.work_item_id)
         self.counters["stale_detected"] += 1
-        silent = now - (item.last_heartbeat or item.created_at)
+        silent = rules.silent_for(item, now)
         self._emit("stale_detected", now, item, detail=f"silent {silent:.1f}s")
 
     def recover_reassign(self, item: WorkItem, now: float, reason: str) -> None:
@@ -831,7 +653,7 @@ class State:
         item.recovered_from = holder
         # Released: a new lease fences off the silent holder should it come back.
         item.lease = self._next_lease()
-        self._finish(item, now, "failed", "failed_stale", 0)
+        self._finish(item, now, Status.FAILED, "failed_stale", 0)
         self._emit("recovered", now, item, agent_id=holder, detail="fail")
 
     def _mark_recovered(
@@ -853,7 +675,7 @@ class State:
         agent_id: str | None = None,
         work_type: str | None = None,
     ) -> Iterable[WorkItem]:
-        if agent_id is not None and status == "active":
+        if agent_id is not None and status == Status.ACTIVE:
             return list(self.held_by(agent_id))
         return (
             i
@@ -866,17 +688,7 @@ class State:
 
     def counts(self) -> dict[str, int]:
         """Items by status, stale active items, items, agents: O(1), from the indexes."""
-        by_status = {s: 0 for s in STATUSES}
-        for status, n in self._n_other.items():
-            by_status[status] = by_status.get(status, 0) + n
-        by_status["pending"] += sum(len(d) for d in self._pending.values())
-        by_status["active"] += self._n_active
-        return {
-            **by_status,
-            "stale": len(self._stale),
-            "items": len(self.items),
-            "agents": len(self.agents),
-        }
+        return {**self._ix.counts(), "items": len(self.items), "agents": len(self.agents)}
 
     # --- replay -------------------------------------------------------------------
 
@@ -905,7 +717,7 @@ class State:
     @staticmethod
     def _check_priority(priority: str) -> None:
         if priority not in PRIORITY_RANK:
-            raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}; got {priority!r}")
+            raise BadRequest(f"priority must be one of {', '.join(Priority)}; got {priority!r}")
 
     @staticmethod
     def _check_stale_after(stale_after: float | None) -> None:

@@ -18,6 +18,7 @@ import zmq
 from coordd.config import Config
 from coordd.core.state import State
 from coordd.daemon import metrics
+from coordd.kinds import Status
 from coordd.protocol import Error, Ok
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def view_of(state: State) -> Any:
     """
     from coordd.ai.analyses import View
 
-    open_items = (i for i in state.items.values() if i.status in ("pending", "active"))
+    open_items = (i for i in state.items.values() if i.status in (Status.PENDING, Status.ACTIVE))
     items = [
         {
             "work_item_id": i.work_item_id,

@@ -31,7 +31,7 @@ def load_state(cfg: Config, state: State, store: Store, snapshots: Snapshots, no
     if first_start and cfg.legacy_import and legacy.has_legacy_files(cfg.coordination_dir):
         import_legacy(cfg.coordination_dir, state, store, snapshots, now)
     snapshots.schedule_from(now)
-    state.not_before = now
+    state.start_grace(now)
 
 
 def import_legacy(

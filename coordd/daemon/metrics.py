@@ -40,6 +40,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from coordd.kinds import Status, Strategy
+
 log = structlog.get_logger("coordd")
 
 # One registry for coordd (not the library's global one, which also carries
@@ -89,7 +91,8 @@ STATE_COUNTERS = {
     "stale_detected": "Active items found stale.",
     "lease_refused": "Requests refused because the lease was no longer the caller's.",
 }
-STRATEGIES = ("reassign", "retry", "fail")
+# Recoveries that act (``none`` only reports), the label values of coordd_recoveries.
+STRATEGIES = tuple(s.value for s in Strategy if s != Strategy.NONE)
 
 
 class Sample(msgspec.Struct, frozen=True):
@@ -135,12 +138,12 @@ class StateCollector:
             rec.add_metric([strategy], n)
         yield rec
         items = GaugeMetricFamily("coordd_items", "Work items by status.", labels=["status"])
-        for status in ("pending", "active", "completed", "failed"):
+        for status in Status:
             items.add_metric([status], s.counts.get(status, 0))
         yield items
         for key, help_text in (
-            ("active", "Work items being worked on."),
-            ("pending", "Work items waiting for an agent."),
+            (Status.ACTIVE, "Work items being worked on."),
+            (Status.PENDING, "Work items waiting for an agent."),
             ("stale", "Work items currently marked stale."),
         ):
             yield GaugeMetricFamily(f"coordd_{key}_items", help_text, value=s.counts.get(key, 0))

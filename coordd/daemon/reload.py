@@ -69,12 +69,7 @@ def reload(cfg: Config, load: Callable[[], Config] | None, state: State) -> Conf
         log.error("reload_failed", error=str(e))
         return None
     merged, needs_restart = merge(cfg, new)
-    policy = merged.policy()
-    if policy != state.policy:
-        state.policy = policy
-        # Deadlines were queued under the old thresholds: a shorter one must act now,
-        # not when its old entry surfaces. (~1 s per million active.)
-        state.requeue_deadlines()
+    state.set_policy(merged.policy())
     log.info(
         "reloaded",
         stale_threshold=merged.stale_threshold,

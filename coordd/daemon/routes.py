@@ -21,7 +21,8 @@ import structlog
 
 from coordd import protocol
 from coordd.config import Config
-from coordd.core.state import BadRequest, DomainError, State
+from coordd.core.model import BadRequest, DomainError
+from coordd.core.state import State
 from coordd.protocol import Error
 
 log = structlog.get_logger("coordd")

@@ -32,8 +32,9 @@ import zmq
 
 from coordd import __version__, keys, protocol
 from coordd.config import Config
-from coordd.core import freshness
-from coordd.core.state import DomainError, Limits, State
+from coordd.core import recovery
+from coordd.core.model import DomainError, Limits
+from coordd.core.state import State
 from coordd.daemon import ai_edge, loading, metrics, routes
 from coordd.daemon.events import publish
 from coordd.daemon.notify import Notifier
@@ -456,7 +457,7 @@ class Daemon:
 
     def on_tick(self, now: float) -> None:
         started = time.perf_counter()
-        freshness.tick(self.state, now)
+        recovery.tick(self.state, now)
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         self._sample()
         self.notifier.status(self.metrics.summary())

@@ -10,7 +10,8 @@ from typing import Any
 
 import msgspec
 
-from coordd.core.state import Record, State
+from coordd.core.model import Record
+from coordd.core.state import State
 from coordd.storage.files import Corrupt, corrupt_copy_name, write_atomic
 from coordd.storage.snapshot import (
     SNAPSHOT_NAME,
@@ -61,15 +62,11 @@ def fsck(state_dir: str | Path, repair: bool, now: float) -> FsckReport:
     if isinstance(snap, Corrupt):
         _keep_copy(report, snap_path, move=True)
         snap = None
-    if isinstance(snap, Snapshot):
-        restore(state, snap)
     if wal_corrupt:
         _keep_copy(report, wal_path, move=False)
     good = _salvage_wal(wal_path, snap if isinstance(snap, Snapshot) else None)
-    for rec in good:
-        state.apply_record(rec)
+    restore(state, snap if isinstance(snap, Snapshot) else None, good)
     report.actions.append(f"kept {len(good)} journal records readable before the damage")
-    state.rebuild_indexes()
     _rewrite(d, state, now)
     report.actions.append(f"wrote a fresh {snap_path.name} and {wal_path.name}")
     return report

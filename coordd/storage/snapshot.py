@@ -11,13 +11,14 @@ import mmap
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from coordd.core.state import Agent, Completion, Record, State, WorkItem
+from coordd.core.model import Agent, Completion, Record, WorkItem
+from coordd.core.state import State
 from coordd.storage.files import Corrupt, os_reason, write_atomic
 from coordd.storage.wal import WalScan
 
@@ -72,13 +73,14 @@ def document(state: State, now: float, generation: int, offset: int) -> Snapshot
     )
 
 
-def restore(state: State, snap: Snapshot) -> None:
-    """Put a snapshot's content into an empty ``state``."""
-    state.items = {i.work_item_id: i for i in snap.items}
-    state.agents = {a.agent_id: a for a in snap.agents}
-    state.completions = list(snap.completions)
-    state.team_velocity = dict(snap.team_velocity)
-    state.lease_seq = snap.lease_seq
+def restore(state: State, snap: Snapshot | None, records: Iterable[Record] = ()) -> int:
+    """Put a snapshot's content (if any) and the records after it into ``state``
+    (``State.restore`` rebuilds its indexes); returns the records applied."""
+    if snap is None:
+        return state.restore(records=records)
+    return state.restore(
+        snap.items, snap.agents, snap.completions, snap.team_velocity, snap.lease_seq, records
+    )
 
 
 def records_after(snap: Snapshot | None, scan: WalScan, path: Path) -> Iterator[Record]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import structlog
 
-from coordd.core.state import Record, State
+from coordd.core.model import Record
+from coordd.core.state import State
 from coordd.kinds import FsyncPolicy
 from coordd.storage import fsck as fsck_mod
 from coordd.storage.files import Corrupt, StoreError, lock_state_dir, os_reason
@@ -148,14 +149,11 @@ class FileStore:
         snap = read_snapshot(self.snapshot_path)
         scan = read_wal(self.wal_path)
         report = LoadReport(snapshot=snap is not None)
-        if snap is not None:
-            restore(state, snap)
+        records = () if scan is None else records_after(snap, scan, self.wal_path)
+        report.records = restore(state, snap, records)
         if scan is None:
             self._wal.create(snap.wal_generation + 1 if snap is not None else 1)
         else:
-            for rec in records_after(snap, scan, self.wal_path):
-                state.apply_record(rec)
-                report.records += 1
             if scan.torn:
                 report.torn_bytes = scan.size - scan.end
                 log.warning(
@@ -166,7 +164,6 @@ class FileStore:
                 )
             self._wal.generation = scan.generation
             self._wal.open(scan.end)
-        state.rebuild_indexes()
         report.generation = self._wal.generation
         return report
 

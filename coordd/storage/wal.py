@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from coordd.core.state import Record
+from coordd.core.model import Record
 from coordd.kinds import FsyncPolicy
 from coordd.storage.files import Corrupt, StoreError, os_reason, write_all, write_atomic
 

@@ -16,8 +16,8 @@ T0 = 1_750_000_000.0
 
 
 def view(st: State) -> dict[str, Any]:
-    """Everything a user can see of a state (indexes and heap bookkeeping aside)."""
-    items = {k: {**msgspec.structs.asdict(v), "heap_deadline": None} for k, v in st.items.items()}
+    """Everything a user can see of a state (indexes aside)."""
+    items = {k: msgspec.structs.asdict(v) for k, v in st.items.items()}
     return {
         "items": items,
         "agents": msgspec.to_builtins(st.agents),

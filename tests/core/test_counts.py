@@ -6,15 +6,17 @@ import random
 
 import pytest
 
-from coordd.core import freshness
-from coordd.core.freshness import Policy
-from coordd.core.state import STATUSES, DomainError, State
+from coordd.core import recovery
+from coordd.core.model import DomainError
+from coordd.core.rules import Policy
+from coordd.core.state import State
+from coordd.kinds import Status
 
 T0 = 1_750_000_000.0
 
 
 def scanned(st: State) -> dict[str, int]:
-    by_status = dict.fromkeys(STATUSES, 0)
+    by_status = {s.value: 0 for s in Status}
     stale = 0
     for item in st.items.values():
         by_status[item.status] = by_status.get(item.status, 0) + 1
@@ -42,8 +44,8 @@ def test_counts_equal_a_full_scan_after_every_transition(strategy: str, seed: in
         lambda: st.progress(any_item(), rng.randint(0, 100), now),
         lambda: st.complete(any_item(), now),
         lambda: st.release(any_item(), now),
-        lambda: freshness.tick(st, now),
-        lambda: freshness.recover_stale(st, now, rng.choice(["reassign", "retry", "fail"])),
+        lambda: recovery.tick(st, now),
+        lambda: recovery.recover_stale(st, now, rng.choice(["reassign", "retry", "fail"])),
     ]
     for _ in range(1500):
         now += rng.choice([0.0, 0.5, 3.0, 12.0])

@@ -11,8 +11,9 @@ import pytest
 
 from coordd import protocol as p
 from coordd.config import Config
-from coordd.core import freshness
-from coordd.core.state import BadRequest, State
+from coordd.core import recovery
+from coordd.core.model import BadRequest
+from coordd.core.state import State
 from coordd.daemon import ai_edge, loading, routes
 from coordd.daemon.snapshots import Snapshots
 from coordd.storage.store import FileStore
@@ -49,7 +50,7 @@ def test_strategy_none_reports_until_a_heartbeat() -> None:
     d = Daemonless(stale_threshold=30, recovery="none")
     wid = d.call(p.Claim(agent_id="quiet", work_type="t", description="d"), T0)["work_item_id"]
     assert d.call(p.Freshness(), T0 + 29.9)["dashboard"]["stale"] == 0
-    freshness.tick(d.state, T0 + 30)  # what the loop's tick does
+    recovery.tick(d.state, T0 + 30)  # what the loop's tick does
     shown = d.call(p.Show(work_item_id=wid), T0 + 30)
     assert shown["status"] == "active" and shown["agent_id"] == "quiet"
     assert shown["stale_since"] == T0 + 30
@@ -130,7 +131,7 @@ def test_an_item_silent_through_a_restart_gets_one_threshold_of_grace(tmp_path: 
     restarted = T0 + 10 * 60  # down for ten thresholds
     st = boot(restarted)
     (item,) = st.items.values()
-    assert freshness.tick(st, restarted + 1) == []  # not judged for the downtime
-    assert freshness.tick(st, restarted + 59) == [] and item.stale_since is None
-    (rec,) = freshness.tick(st, restarted + 60)
+    assert recovery.tick(st, restarted + 1) == []  # not judged for the downtime
+    assert recovery.tick(st, restarted + 59) == [] and item.stale_since is None
+    (rec,) = recovery.tick(st, restarted + 60)
     assert rec.work_item_id == item.work_item_id and item.status == "pending"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from coordd.core.freshness import Policy, tick
-from coordd.core.state import DomainError, ItemBeatLike, State
+from coordd.core.model import DomainError, ItemBeatLike
+from coordd.core.recovery import tick
+from coordd.core.rules import Policy
+from coordd.core.state import State
 
 T0 = 1_750_000_000.0
 
@@ -49,7 +51,8 @@ def _observable(st: State) -> object:
             "counters": st.counters,
             "records": records,
             "events": events,
-            "heap": sorted(st._heap),
+            "heap": sorted(st._ix.heap),
+            "live": st._ix.live,
         }
     )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from coordd import config
-from coordd.core import freshness
-from coordd.core.freshness import Policy
+from coordd.core import recovery
+from coordd.core.rules import Policy
 from coordd.core.state import State
 from coordd.daemon import reload
 
@@ -17,19 +17,21 @@ def _state_with_claim(threshold: float) -> tuple[State, str]:
     return s, item.work_item_id
 
 
-def test_a_shorter_threshold_acts_at_once_after_requeue() -> None:
+def test_a_shorter_threshold_acts_at_once() -> None:
     s, wid = _state_with_claim(300.0)
-    s.policy = Policy(stale_threshold=10.0)
-    # Without the rebuild the entry queued for t=1300 would hide the item until then.
-    assert s.pop_expired(1011.0) == []
-    s.requeue_deadlines()
+    # Left in the heap, the entry queued for t=1300 would hide the item until then.
+    assert s.set_policy(Policy(stale_threshold=10.0))
     assert [i.work_item_id for i in s.pop_expired(1011.0)] == [wid]
+
+
+def test_the_same_policy_changes_nothing() -> None:
+    s, _ = _state_with_claim(300.0)
+    assert not s.set_policy(Policy(stale_threshold=300.0))
 
 
 def test_a_longer_threshold_postpones_staleness() -> None:
     s, wid = _state_with_claim(10.0)
-    s.policy = Policy(stale_threshold=300.0)
-    s.requeue_deadlines()
+    s.set_policy(Policy(stale_threshold=300.0))
     assert s.pop_expired(1011.0) == []
     assert [i.work_item_id for i in s.pop_expired(1300.0)] == [wid]
 
@@ -40,8 +42,7 @@ def test_requeue_keeps_stale_items_out_and_heartbeats_in() -> None:
     (expired,) = s.pop_expired(1011.0)
     s.mark_stale(expired, 1011.0)  # as strategy "none" does: stale, still held
     s.heartbeat("a2", 1011.0, fresh.work_item_id)
-    s.policy = Policy(stale_threshold=5.0)
-    s.requeue_deadlines()
+    s.set_policy(Policy(stale_threshold=5.0))
     assert s.pop_expired(1015.0) == []
     assert [i.work_item_id for i in s.pop_expired(1016.0)] == [fresh.work_item_id]
     assert s.items[stale_id].stale_since == 1011.0
@@ -49,9 +50,8 @@ def test_requeue_keeps_stale_items_out_and_heartbeats_in() -> None:
 
 def test_tick_after_reload_recovers_under_the_new_policy() -> None:
     s, wid = _state_with_claim(300.0)
-    s.policy = Policy(stale_threshold=10.0, recovery="fail")
-    s.requeue_deadlines()
-    (report,) = freshness.tick(s, 1020.0)
+    s.set_policy(Policy(stale_threshold=10.0, recovery="fail"))
+    (report,) = recovery.tick(s, 1020.0)
     assert (report.work_item_id, report.strategy) == (wid, "fail")
     assert s.items[wid].status == "failed"
 
@@ -70,7 +70,7 @@ def test_merge_applies_reloadable_keys_and_names_the_rest() -> None:
 def test_an_item_failed_for_staleness_is_not_counted_as_stale() -> None:
     # The STATUS= line and the coordd_stale_items gauge come from counts().
     s, wid = _state_with_claim(10.0)
-    s.policy = Policy(stale_threshold=10.0, recovery="fail")
-    freshness.tick(s, 1020.0)
+    s.set_policy(Policy(stale_threshold=10.0, recovery="fail"))
+    recovery.tick(s, 1020.0)
     assert s.items[wid].status == "failed"
     assert s.counts()["stale"] == 0 and s.counts()["failed"] == 1

@@ -9,6 +9,8 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
+from coordd.core.model import WorkItem
+from coordd.kinds import Status
 from coordd.storage import snapshot, wal
 from coordd.storage.files import Corrupt
 from tests.core.storage_helpers import T0, open_fresh, reload, view, wait_snapshot, work
@@ -130,3 +132,49 @@ def test_a_failed_snapshot_keeps_the_previous_one_and_the_journal(d: Path) -> No
     assert (d / snapshot.SNAPSHOT_NAME).read_bytes() == before
     store.close()
     assert view(reload(d)[0]) == view(st)
+
+
+class _OldItem(WorkItem, kw_only=True, gc=False):
+    """An item as coordd wrote it before issue 13: with its heap deadline."""
+
+    heap_deadline: float | None = None
+
+
+class _OldPutItem(msgspec.Struct, tag="item", array_like=True):
+    item: _OldItem
+
+
+def _old(wid: str, lease: int) -> _OldItem:
+    return _OldItem(
+        work_item_id=wid,
+        work_type="t",
+        description="d",
+        status=Status.ACTIVE,
+        agent_id="a",
+        lease=lease,
+        last_heartbeat=T0,
+        created_at=T0,
+        heap_deadline=T0 + 1,  # wrong on purpose: the loaded deadline must not come from it
+    )
+
+
+def test_files_that_carry_heap_deadline_load_as_before(d: Path) -> None:
+    st, store = open_fresh(d)
+    st.items["w1"] = _old("w1", 1)
+    assert store.snapshot(st, T0).ok
+    store.append([_OldPutItem(_old("w2", 2))])  # type: ignore[list-item]
+    store.close()
+    snapshot_path = d / snapshot.SNAPSHOT_NAME
+    assert b'"heap_deadline"' in snapshot_path.read_bytes()
+    assert b"heap_deadline" in (d / wal.WAL_NAME).read_bytes()
+
+    again, store2 = reload(d)
+    assert sorted(again.items) == ["w1", "w2"] and again.workload("a") == 2
+    assert all(type(i) is WorkItem for i in again.items.values())
+    # Deadlines come from the rules (300 s default), not from the file's T0 + 1.
+    assert again.pop_expired(T0 + 299) == []
+    assert sorted(i.work_item_id for i in again.pop_expired(T0 + 300)) == ["w1", "w2"]
+    # Written back without it.
+    assert store2.snapshot(again, T0 + 400).ok
+    store2.close()
+    assert b"heap_deadline" not in snapshot_path.read_bytes()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordd.core.state import (
+from coordd.core.model import (
     AddCompletion,
     BadRequest,
     Conflict,
@@ -14,10 +14,10 @@ from coordd.core.state import (
     NothingPending,
     NotOwner,
     PutItem,
-    State,
     UnknownAgent,
     UnknownWork,
 )
+from coordd.core.state import State
 
 T0 = 1_750_000_000.0
 
@@ -171,9 +171,7 @@ def test_transitions_emit_records_that_replay_to_the_same_state(st: State) -> No
     records, _ = st.drain()
     assert any(isinstance(r, AddCompletion) for r in records)
     replayed = State()
-    for r in records:
-        replayed.apply_record(r)
-    replayed.rebuild_indexes()
+    assert replayed.restore(records=records) == len(records)
     assert replayed.items.keys() == st.items.keys()
     assert replayed.items[b.work_item_id].agent_id == "b"
     assert replayed.team_velocity == {"x": 3}

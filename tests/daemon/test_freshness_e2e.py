@@ -14,7 +14,7 @@ import zmq
 
 from coordd import protocol
 from coordd.agent import Agent, LeaseLostError
-from coordd.core.state import Event
+from coordd.core.model import Event
 from tests.conftest import CoorddProcess
 from tests.helpers import wait_for
 

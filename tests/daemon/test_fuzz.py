@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from coordd import protocol
-from coordd.core.freshness import Policy
-from coordd.core.state import DomainError, State
+from coordd.core.model import DomainError
+from coordd.core.rules import Policy
+from coordd.core.state import State
 from tests.conftest import CoorddProcess
 
 EXAMPLES = 1500  # each: a few garbage messages and one valid request
@@ -39,7 +40,6 @@ TIMES = {
     "last_heartbeat",
     "created_at",
     "completed_at",
-    "heap_deadline",
     "stale_since",
     "recovered_at",
     "registered_at",

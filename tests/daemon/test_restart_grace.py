@@ -1,7 +1,8 @@
 """Downtime is never counted against agents: after a restart, one threshold of grace.
 
-The rule is tested in-process with an injected clock (tests/core/test_handlers.py and
-test_freshness.py); here the daemon is the subject: a real restart starts the grace."""
+The rule is tested in-process with an injected clock (tests/core/test_handlers.py,
+test_recovery.py and test_rules.py); here the daemon is the subject: a real restart
+starts the grace."""
 
 from __future__ import annotations
 

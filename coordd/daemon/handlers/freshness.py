@@ -1,22 +1,23 @@
-"""Staleness: the rules are in ``coordd.core.freshness``; here only the translation."""
+"""Staleness: the rules are in ``coordd.core`` (rules, recovery, views); here only the
+translation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from coordd import protocol as p
-from coordd.core import freshness
+from coordd.core import recovery, views
 from coordd.daemon.routes import Context, route
 
 
 @route(p.CheckStale, agents=True)
 def check_stale(ctx: Context, req: p.CheckStale, now: float) -> Any:
-    return {"now": now, "stale": freshness.stale_report(ctx.state, now)}
+    return {"now": now, "stale": views.stale_report(ctx.state, now)}
 
 
 @route(p.RecoverStale)
 def recover_stale(ctx: Context, req: p.RecoverStale, now: float) -> Any:
-    return freshness.recover_stale(ctx.state, now, req.strategy, req.work_item_id, req.dry_run)
+    return recovery.recover_stale(ctx.state, now, req.strategy, req.work_item_id, req.dry_run)
 
 
 @route(p.Freshness, agents=True)
@@ -24,7 +25,7 @@ def dashboard(ctx: Context, req: p.Freshness, now: float) -> Any:
     policy = ctx.state.policy
     return {
         "now": now,
-        "dashboard": freshness.dashboard(ctx.state, now),
+        "dashboard": views.dashboard(ctx.state, now),
         "stale_threshold": policy.stale_threshold,
         "recovery": policy.recovery,
         "heartbeat_interval": ctx.cfg.heartbeat_interval,

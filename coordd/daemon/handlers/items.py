@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from coordd import protocol as p
-from coordd.core.state import BadRequest
+from coordd.core.model import BadRequest
 from coordd.daemon.routes import NO_REPLY, Context, acting_agent, log_refused, route
 
 

@@ -1,13 +1,15 @@
-"""Staleness and recovery with an injected clock: every strategy, threshold source,
-escalation, restart grace and fencing case, in milliseconds of real time."""
+"""Staleness and recovery driven as the daemon drives them (tick, recover-stale, views),
+with an injected clock: every strategy, threshold source, escalation, restart grace
+and fencing case, in milliseconds of real time. The rules alone: ``test_rules.py``."""
 
 from __future__ import annotations
 
 import pytest
 
-from coordd.core import freshness
-from coordd.core.freshness import Policy, TypeRule
-from coordd.core.state import Conflict, LeaseLost, NotOwner, State, WorkItem
+from coordd.core import recovery, views
+from coordd.core.model import Conflict, LeaseLost, NotOwner, WorkItem
+from coordd.core.rules import Policy, TypeRule, threshold
+from coordd.core.state import State
 from coordd.protocol import ItemBeat
 
 T0 = 1_750_000_000.0
@@ -22,7 +24,7 @@ def run_ticks(st: State, start: float, end: float, tick: float = TICK) -> float 
     """Tick like the daemon from ``start`` to ``end``; the time of the first recovery."""
     t = start
     while t <= end:
-        if freshness.tick(st, t):
+        if recovery.tick(st, t):
             return t
         t += tick
     return None
@@ -40,8 +42,8 @@ def test_reassign_puts_item_back_to_pending_and_fences_holder() -> None:
     item = st.claim("a", "build", "d", T0)
     old_lease = item.lease
     st.drain()
-    assert freshness.tick(st, T0 + 299) == []
-    (rec,) = freshness.tick(st, T0 + 300)
+    assert recovery.tick(st, T0 + 299) == []
+    (rec,) = recovery.tick(st, T0 + 300)
     assert rec.strategy == "reassign" and rec.applied and rec.agent_id == "a"
     assert item.status == "pending" and item.agent_id is None
     assert item.recovered_at == T0 + 300 and item.recovered_from == "a"
@@ -55,19 +57,19 @@ def test_retry_keeps_agent_resets_progress_and_gives_a_fresh_threshold() -> None
     st = make(stale_threshold=100, recovery="retry")
     item = st.claim("a", "build", "d", T0)
     st.progress(item.work_item_id, 60, T0 + 10, agent_id="a")
-    (rec,) = freshness.tick(st, T0 + 110)
+    (rec,) = recovery.tick(st, T0 + 110)
     assert rec.strategy == "retry"
     assert item.status == "active" and item.agent_id == "a"
     assert item.progress == 0 and item.retry_count == 1
     assert item.last_heartbeat == T0 + 110 and item.stale_since is None
-    assert freshness.tick(st, T0 + 209) == []  # a whole new threshold
-    assert [r.strategy for r in freshness.tick(st, T0 + 210)] == ["retry"]
+    assert recovery.tick(st, T0 + 209) == []  # a whole new threshold
+    assert [r.strategy for r in recovery.tick(st, T0 + 210)] == ["retry"]
 
 
 def test_fail_marks_failed_releases_and_logs_failed_stale() -> None:
     st = make(stale_threshold=50, recovery="fail")
     item = st.claim("a", "build", "d", T0, team="core")
-    (rec,) = freshness.tick(st, T0 + 50)
+    (rec,) = recovery.tick(st, T0 + 50)
     assert rec.strategy == "fail"
     assert item.status == "failed" and item.result == "failed_stale"
     assert st.workload("a") == 0
@@ -85,17 +87,17 @@ def test_fail_marks_failed_releases_and_logs_failed_stale() -> None:
 def test_none_keeps_item_active_and_stale_until_a_heartbeat() -> None:
     st = make(stale_threshold=30, recovery="none")
     item = st.claim("a", "build", "d", T0)
-    (rec,) = freshness.tick(st, T0 + 31)
+    (rec,) = recovery.tick(st, T0 + 31)
     assert rec.strategy == "none" and not rec.applied
     assert item.status == "active" and item.stale_since == T0 + 31
     assert st.counts()["stale"] == 1
-    assert freshness.tick(st, T0 + 500) == []  # detected once, not on every tick
-    assert [i.work_item_id for i in freshness.stale_items(st, T0 + 500)] == [item.work_item_id]
+    assert recovery.tick(st, T0 + 500) == []  # detected once, not on every tick
+    assert [i.work_item_id for i in recovery.stale_items(st, T0 + 500)] == [item.work_item_id]
     st.heartbeat("a", T0 + 501)
     assert item.stale_since is None and st.counts()["stale"] == 0
     assert "fresh_again" in events(st)
-    assert freshness.tick(st, T0 + 530) == []
-    assert len(freshness.tick(st, T0 + 531)) == 1  # and it is watched again
+    assert recovery.tick(st, T0 + 530) == []
+    assert len(recovery.tick(st, T0 + 531)) == 1  # and it is watched again
 
 
 # --- threshold sources ------------------------------------------------------------
@@ -112,9 +114,9 @@ def test_threshold_sources_most_specific_first(
     rules = {"deploy": TypeRule(stale_threshold=type_threshold)} if type_threshold else {}
     st = make(stale_threshold=100, work_types=rules)
     item = st.claim("a", "deploy", "d", T0, stale_after=stale_after)
-    assert st.policy.threshold_for(item) == expected
-    assert freshness.tick(st, T0 + expected - 0.001) == []
-    assert [r.work_item_id for r in freshness.tick(st, T0 + expected)] == [item.work_item_id]
+    assert threshold(st.policy, item) == expected
+    assert recovery.tick(st, T0 + expected - 0.001) == []
+    assert [r.work_item_id for r in recovery.tick(st, T0 + expected)] == [item.work_item_id]
 
 
 def test_work_type_strategy_overrides_global() -> None:
@@ -123,7 +125,7 @@ def test_work_type_strategy_overrides_global() -> None:
     )
     deploy = st.claim("a", "deploy", "d", T0)
     build = st.claim("a", "build", "d", T0)
-    by_id = {r.work_item_id: r.strategy for r in freshness.tick(st, T0 + 10)}
+    by_id = {r.work_item_id: r.strategy for r in recovery.tick(st, T0 + 10)}
     assert by_id == {deploy.work_item_id: "fail", build.work_item_id: "reassign"}
 
 
@@ -141,8 +143,8 @@ def test_heartbeats_postpone_detection() -> None:
     item = st.claim("a", "t", "d", T0)
     for t in range(5, 100, 5):
         st.heartbeat("a", T0 + t, item.work_item_id, item.lease)
-        assert freshness.tick(st, T0 + t) == []
-    assert freshness.tick(st, T0 + 95 + 10) != []
+        assert recovery.tick(st, T0 + t) == []
+    assert recovery.tick(st, T0 + 95 + 10) != []
 
 
 # --- escalation -------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_retry_escalates_after_max_retries() -> None:
     t = T0
     for _ in range(3):
         t += 10
-        strategies += [r.strategy for r in freshness.tick(st, t)]
+        strategies += [r.strategy for r in recovery.tick(st, t)]
     assert strategies == ["retry", "retry", "fail"]
     assert item.status == "failed" and item.retry_count == 2
 
@@ -163,7 +165,7 @@ def test_retry_escalates_after_max_retries() -> None:
 def test_retry_escalation_can_be_reassign() -> None:
     st = make(stale_threshold=10, recovery="retry", max_retries=0, retry_escalation="reassign")
     item = st.claim("a", "t", "d", T0)
-    assert [r.strategy for r in freshness.tick(st, T0 + 10)] == ["reassign"]
+    assert [r.strategy for r in recovery.tick(st, T0 + 10)] == ["reassign"]
     assert item.status == "pending"
 
 
@@ -174,21 +176,19 @@ def test_restart_grace_downtime_is_not_counted() -> None:
     st = make(stale_threshold=60)
     item = st.claim("a", "t", "d", T0)
     # coordd was down for an hour and starts again at T0 + 3600 with the same state.
-    st.not_before = T0 + 3600
-    st.rebuild_indexes()
-    assert not freshness.is_stale(st, item, T0 + 3600)
-    assert freshness.tick(st, T0 + 3659) == []
-    assert freshness.stale_items(st, T0 + 3659) == []
-    assert len(freshness.tick(st, T0 + 3660)) == 1
+    st.start_grace(T0 + 3600)
+    assert not st.is_stale(item, T0 + 3600)
+    assert recovery.tick(st, T0 + 3659) == []
+    assert recovery.stale_items(st, T0 + 3659) == []
+    assert len(recovery.tick(st, T0 + 3660)) == 1
 
 
 def test_reconnecting_agent_within_grace_keeps_its_item() -> None:
     st = make(stale_threshold=60)
     item = st.claim("a", "t", "d", T0)
-    st.not_before = T0 + 3600
-    st.rebuild_indexes()
+    st.start_grace(T0 + 3600)
     st.heartbeat("a", T0 + 3630)
-    assert freshness.tick(st, T0 + 3680) == []
+    assert recovery.tick(st, T0 + 3680) == []
     assert item.status == "active" and item.agent_id == "a"
 
 
@@ -199,7 +199,7 @@ def zombie_setup() -> tuple[State, WorkItem, int]:
     st = make(stale_threshold=10, recovery="reassign")
     item = st.claim("a", "t", "d", T0)
     lease_a = item.lease
-    freshness.tick(st, T0 + 10)
+    recovery.tick(st, T0 + 10)
     st.claim_next("b", T0 + 11)
     st.drain()
     return st, item, lease_a
@@ -259,9 +259,9 @@ def test_tick_cost_is_proportional_to_expired_items_not_held_items() -> None:
     st.drain()
     before = st.heap_pops
     for t in range(1, 5):
-        assert freshness.tick(st, T0 + t) == []
+        assert recovery.tick(st, T0 + t) == []
     assert st.heap_pops == before  # nothing expired: not one entry looked at
-    recovered = freshness.tick(st, T0 + 5)
+    recovered = recovery.tick(st, T0 + 5)
     assert sorted(r.work_item_id for r in recovered) == sorted(quick)
     assert st.heap_pops - before == 3
 
@@ -271,11 +271,11 @@ def test_heartbeated_items_cost_one_requeue_each_when_their_old_deadline_passes(
     items = [st.claim("a", "t", "d", T0) for _ in range(100)]
     st.heartbeat("a", T0 + 5)  # moves every deadline to T0 + 15 without touching the heap
     before = st.heap_pops
-    assert freshness.tick(st, T0 + 10) == []
+    assert recovery.tick(st, T0 + 10) == []
     assert st.heap_pops - before == 100  # each surfaced once and was re-queued
-    assert freshness.tick(st, T0 + 14) == []
+    assert recovery.tick(st, T0 + 14) == []
     assert st.heap_pops - before == 100
-    assert len(freshness.tick(st, T0 + 15)) == len(items)
+    assert len(recovery.tick(st, T0 + 15)) == len(items)
 
 
 # --- manual recovery and the reports -------------------------------------------------
@@ -284,9 +284,9 @@ def test_heartbeated_items_cost_one_requeue_each_when_their_old_deadline_passes(
 def test_recover_stale_dry_run_changes_nothing() -> None:
     st = make(stale_threshold=10, recovery="none")
     item = st.claim("a", "t", "d", T0)
-    freshness.tick(st, T0 + 10)
+    recovery.tick(st, T0 + 10)
     st.drain()
-    (rep,) = freshness.recover_stale(st, T0 + 20, "reassign", dry_run=True)
+    (rep,) = recovery.recover_stale(st, T0 + 20, "reassign", dry_run=True)
     assert rep.strategy == "reassign" and not rep.applied and rep.silent_for == 20
     assert item.status == "active" and st.drain() == ([], [])
 
@@ -296,14 +296,14 @@ def test_recover_stale_reassign_all_or_one() -> None:
     a = st.claim("a", "t", "d", T0)
     b = st.claim("b", "t", "d", T0)
     fresh = st.claim("c", "t", "d", T0 + 15)
-    freshness.tick(st, T0 + 10)
-    (one,) = freshness.recover_stale(st, T0 + 20, "fail", work_item_id=a.work_item_id)
+    recovery.tick(st, T0 + 10)
+    (one,) = recovery.recover_stale(st, T0 + 20, "fail", work_item_id=a.work_item_id)
     assert one.applied and a.status == "failed"
-    reps = freshness.recover_stale(st, T0 + 20, "reassign")
+    reps = recovery.recover_stale(st, T0 + 20, "reassign")
     assert [r.work_item_id for r in reps] == [b.work_item_id]
     assert b.status == "pending" and fresh.status == "active"
     with pytest.raises(Conflict):
-        freshness.recover_stale(st, T0 + 20, "retry", work_item_id=a.work_item_id)
+        recovery.recover_stale(st, T0 + 20, "retry", work_item_id=a.work_item_id)
 
 
 def test_dashboard_counts_fresh_potentially_stale_and_stale() -> None:
@@ -311,8 +311,8 @@ def test_dashboard_counts_fresh_potentially_stale_and_stale() -> None:
     st.claim("a", "t", "fresh", T0 + 90)
     st.claim("a", "t", "warn", T0 + 40)
     old = st.claim("b", "t", "stale", T0)
-    freshness.tick(st, T0 + 100)
-    d = freshness.dashboard(st, T0 + 100)
+    recovery.tick(st, T0 + 100)
+    d = views.dashboard(st, T0 + 100)
     assert (d.active, d.fresh, d.potentially_stale, d.stale) == (3, 1, 1, 1)
     (entry,) = d.stale_items
     assert entry.work_item_id == old.work_item_id and entry.agent_id == "b"
@@ -322,7 +322,7 @@ def test_dashboard_counts_fresh_potentially_stale_and_stale() -> None:
 def test_counts_stale_only_for_active_items() -> None:
     st = make(stale_threshold=10, recovery="fail")
     st.claim("a", "t", "d", T0)
-    freshness.tick(st, T0 + 10)
+    recovery.tick(st, T0 + 10)
     assert st.counts()["stale"] == 0 and st.counts()["failed"] == 1
 
 

@@ -1,0 +1,109 @@
+"""What happens to stale items: the tick, one recovery, and the operator's recover-stale.
+
+Drives ``State`` from above with its recovery primitives; which items are stale and
+which strategy applies is asked of ``rules``. Pure like the state: ``now`` is a
+parameter.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from coordd.core import rules
+from coordd.core.model import BadRequest, Conflict, WorkItem
+from coordd.core.state import State
+from coordd.kinds import Status, Strategy
+
+
+class Recovery(msgspec.Struct, kw_only=True):
+    """What a recovery did (or, in a dry run, would do) to one item."""
+
+    work_item_id: str
+    agent_id: str | None
+    strategy: str
+    silent_for: float
+    threshold: float
+    applied: bool = True
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in rules.STRATEGIES:
+        raise BadRequest(f"strategy must be one of {', '.join(rules.STRATEGIES)}; got {strategy!r}")
+
+
+def stale_items(state: State, now: float) -> list[WorkItem]:
+    """Every stale active item, most silent first. A scan of the active items: for
+    commands, not the tick."""
+    found = [i for i in state.active_items() if state.is_stale(i, now)]
+    found.sort(key=lambda i: rules.silent_for(i, now), reverse=True)
+    return found
+
+
+def _report(state: State, item: WorkItem, now: float, chosen: str, applied: bool) -> Recovery:
+    return Recovery(
+        work_item_id=item.work_item_id,
+        agent_id=item.agent_id,
+        strategy=chosen,
+        silent_for=rules.silent_for(item, now),
+        threshold=rules.threshold(state.policy, item),
+        applied=applied,
+    )
+
+
+def recover(state: State, item: WorkItem, now: float, strategy: str, reason: str) -> Recovery:
+    """Apply one strategy to one active item."""
+    _check_strategy(strategy)
+    chosen = rules.effective_strategy(state.policy, item, strategy)
+    report = _report(state, item, now, chosen, applied=chosen != Strategy.NONE)
+    match chosen:
+        case Strategy.REASSIGN:
+            state.recover_reassign(item, now, reason)
+        case Strategy.RETRY:
+            state.recover_retry(item, now, reason)
+        case Strategy.FAIL:
+            state.recover_fail(item, now, reason)
+    return report
+
+
+def tick(state: State, now: float) -> list[Recovery]:
+    """Detect the items that expired since the last tick and apply their strategy.
+
+    Cost grows with the items that expired, not with the items held (the heap).
+    """
+    done: list[Recovery] = []
+    for item in state.pop_expired(now):
+        state.mark_stale(item, now)
+        reason = (
+            f"no heartbeat for {rules.silent_for(item, now):.1f}s"
+            f" (threshold {rules.threshold(state.policy, item):g}s)"
+        )
+        done.append(recover(state, item, now, rules.strategy(state.policy, item), reason))
+    return done
+
+
+def recover_stale(
+    state: State,
+    now: float,
+    strategy: str,
+    work_item_id: str | None = None,
+    dry_run: bool = False,
+) -> list[Recovery]:
+    """The manual ``recover-stale``: every stale item, or just one (stale or not)."""
+    _check_strategy(strategy)
+    if work_item_id is not None:
+        item = state.get(work_item_id)
+        if item.status != Status.ACTIVE:
+            raise Conflict(f"{work_item_id} is {item.status}; only active items can be recovered")
+        targets = [item]
+    else:
+        targets = stale_items(state, now)
+    reports = []
+    for item in targets:
+        if dry_run:
+            chosen = rules.effective_strategy(state.policy, item, strategy)
+            reports.append(_report(state, item, now, chosen, applied=False))
+            continue
+        silent = rules.silent_for(item, now)
+        reason = f"recover-stale {strategy} by operator (silent {silent:.0f}s)"
+        reports.append(recover(state, item, now, strategy, reason))
+    return reports

@@ -1,0 +1,137 @@
+"""When an item is stale: the freshness rules, as pure functions, in one place.
+
+Functions of an item, the ``Policy``, the restart-grace start and ``now``; nothing
+here reads a clock or changes anything. ``State`` (its deadline heap), recovery
+(the tick) and the views (dashboard, reports) all ask here, so a reader who wants to
+change "when is an item stale" opens this file and no other.
+
+Threshold sources, most specific first: the item's own ``stale_after`` (given at
+claim time), its work type's ``stale_threshold`` in the config file, the global
+``stale_threshold``. Strategy sources: the work type's ``recovery``, then the
+global ``recovery``; ``retry`` escalates to ``retry_escalation`` once an item has
+been retried ``max_retries`` times.
+
+Restart grace: before ``not_before`` (set when the daemon starts) nobody is judged,
+so downtime is never counted against agents that need time to reconnect. Silence is
+counted from ``max(last heard, not_before)`` for every judgement; ``silent_for``
+itself stays the plain fact shown to people.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from coordd.core.model import WorkItem
+from coordd.kinds import Status, Strategy
+
+STRATEGIES = tuple(Strategy)
+# What ``retry`` may escalate to (escalating to retry again would never end).
+ESCALATIONS = (Strategy.REASSIGN, Strategy.FAIL, Strategy.NONE)
+
+
+class TypeRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per work type overrides from the config file's ``[work_types.NAME]`` table."""
+
+    stale_threshold: float | None = None
+    recovery: str | None = None
+
+
+class Policy(msgspec.Struct, kw_only=True):
+    """The freshness settings of the config file (reloadable)."""
+
+    stale_threshold: float = 300.0
+    recovery: str = Strategy.REASSIGN
+    max_retries: int = 3
+    retry_escalation: str = Strategy.FAIL
+    work_types: dict[str, TypeRule] = {}
+
+
+def threshold(policy: Policy, item: WorkItem) -> float:
+    """Seconds of silence after which ``item`` is stale (item, then work type, then global)."""
+    if item.stale_after is not None:
+        return item.stale_after
+    rule = policy.work_types.get(item.work_type)
+    if rule is not None and rule.stale_threshold is not None:
+        return rule.stale_threshold
+    return policy.stale_threshold
+
+
+def strategy(policy: Policy, item: WorkItem) -> str:
+    """The recovery configured for ``item`` (work type, then global)."""
+    rule = policy.work_types.get(item.work_type)
+    if rule is not None and rule.recovery is not None:
+        return rule.recovery
+    return policy.recovery
+
+
+def effective_strategy(policy: Policy, item: WorkItem, requested: str) -> str:
+    """``retry`` past ``max_retries`` becomes the escalation strategy."""
+    if requested == Strategy.RETRY and item.retry_count >= policy.max_retries:
+        return policy.retry_escalation
+    return requested
+
+
+def last_heard(item: WorkItem) -> float:
+    """When the item was last heard of: its last heartbeat, else its creation."""
+    return item.last_heartbeat if item.last_heartbeat is not None else item.created_at
+
+
+def silent_for(item: WorkItem, now: float) -> float:
+    """Seconds since the item was last heard of (never negative; grace not applied)."""
+    return max(0.0, now - last_heard(item))
+
+
+def deadline(policy: Policy, item: WorkItem, not_before: float) -> float:
+    """When an active item becomes stale if it hears nothing more."""
+    # last_heard() and max() inlined: this runs once per active item on every restart.
+    last = item.last_heartbeat
+    if last is None:
+        last = item.created_at
+    return (last if last > not_before else not_before) + threshold(policy, item)
+
+
+def in_grace(now: float, not_before: float) -> bool:
+    """Whether the restart grace still shields every item at ``now``."""
+    return now < not_before
+
+
+def is_stale(policy: Policy, item: WorkItem, now: float, not_before: float) -> bool:
+    """Active and marked stale, or silent past its threshold (restart grace included)."""
+    if item.status != Status.ACTIVE:
+        return False
+    return item.stale_since is not None or deadline(policy, item, not_before) <= now
+
+
+def is_potentially_stale(
+    policy: Policy, item: WorkItem, now: float, not_before: float, warn_ratio: float
+) -> bool:
+    """Not stale yet, but silent past ``warn_ratio`` of its threshold (grace included)."""
+    if is_stale(policy, item, now, not_before):
+        return False
+    since = max(last_heard(item), not_before)
+    return now - since > warn_ratio * threshold(policy, item)
+
+
+def validate_policy(policy: Policy) -> list[str]:
+    """Problems with a policy, each naming the key and the allowed values."""
+    allowed = ", ".join(Strategy)
+    problems = []
+    if not policy.stale_threshold > 0:
+        problems.append(f"stale_threshold must be > 0 seconds, got {policy.stale_threshold}")
+    if policy.recovery not in STRATEGIES:
+        problems.append(f"recovery must be one of {allowed}; got {policy.recovery!r}")
+    if policy.retry_escalation not in ESCALATIONS:
+        problems.append(
+            f"retry_escalation must be one of {', '.join(ESCALATIONS)};"
+            f" got {policy.retry_escalation!r}"
+        )
+    if policy.max_retries < 0:
+        problems.append(f"max_retries must be >= 0, got {policy.max_retries}")
+    for name, rule in policy.work_types.items():
+        if rule.recovery is not None and rule.recovery not in STRATEGIES:
+            problems.append(
+                f"work_types.{name}.recovery must be one of {allowed}; got {rule.recovery!r}"
+            )
+        if rule.stale_threshold is not None and not rule.stale_threshold > 0:
+            problems.append(f"work_types.{name}.stale_threshold must be > 0 seconds")
+    return problems
