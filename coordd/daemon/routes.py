@@ -126,10 +126,3 @@ def log_refused(
             work_item_id=work_item_id or getattr(req, "work_item_id", None),
             lease=lease if lease is not None else getattr(req, "lease", None),
         )
-
-
-def load() -> dict[type[protocol.Request], Route]:
-    """Import every handler module (each registers its routes) and return the table."""
-    from coordd.daemon.handlers import admin, ai, freshness, items  # noqa: F401
-
-    return ROUTES

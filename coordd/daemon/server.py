@@ -35,7 +35,7 @@ from coordd.config import Config
 from coordd.core import recovery
 from coordd.core.model import DomainError, Limits
 from coordd.core.state import State
-from coordd.daemon import ai_edge, loading, metrics, routes
+from coordd.daemon import ai_edge, handlers, loading, metrics, routes
 from coordd.daemon.events import publish
 from coordd.daemon.notify import Notifier
 from coordd.daemon.reload import reload as reload_config
@@ -97,7 +97,7 @@ class Daemon:
         self.curve = Curve(cfg)
         self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
         self._hup = False
-        self.routes = routes.load()
+        self.routes = handlers.load()
         # AI analyses run off the loop; the worker wakes us through the wake-up socket.
         self.ai = ai_edge.AiEdge(cfg, self._wake_loop, self._reply)
         # What handlers see: one context per socket (the control one may act for anyone).

@@ -14,12 +14,12 @@ from coordd.config import Config
 from coordd.core import recovery
 from coordd.core.model import BadRequest
 from coordd.core.state import State
-from coordd.daemon import ai_edge, loading, routes
+from coordd.daemon import ai_edge, handlers, loading, routes
 from coordd.daemon.snapshots import Snapshots
 from coordd.storage.store import FileStore
 
 T0 = 1_750_000_000.0
-routes.load()
+handlers.load()
 
 
 class Daemonless:

@@ -9,10 +9,10 @@ import pytest
 from coordd import protocol
 from coordd.config import Config
 from coordd.core.state import State
-from coordd.daemon import routes
+from coordd.daemon import handlers, routes
 from tests.helpers import sample_request
 
-TABLE = routes.load()
+TABLE = handlers.load()
 
 
 def _ctx(control: bool) -> routes.Context:

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from coordd import protocol
-from coordd.daemon import routes
+from coordd.daemon import handlers
 from tests.conftest import BIN, CoorddProcess
 from tests.helpers import sample_request
 
@@ -140,7 +140,7 @@ def test_oversized_message_drops_only_that_connection(coordd_factory: Any) -> No
 
 
 def _control_only() -> list[type]:
-    table = routes.load()
+    table = handlers.load()
     return sorted((t for t, r in table.items() if not r.agents), key=lambda t: t.__name__)
 
 
