@@ -49,6 +49,11 @@ from coordd.core.model import (
 from coordd.core.rules import Policy
 from coordd.kinds import PRIORITY_RANK, Priority, Status
 
+# On Python 3.11 reading ``Status.ACTIVE`` costs ~75 ns (EnumType defines __getattr__, so
+# every class attribute read goes through a Python-level hook): a quarter of a heartbeat's
+# fast path. The heartbeat paths compare against this module constant instead (~18 ns).
+_ACTIVE = Status.ACTIVE
+
 
 class State:
     """All of coordd's state. One instance, owned by the event loop."""
@@ -455,7 +460,7 @@ class State:
             item is not None
             and item.agent_id == agent_id
             and (lease is None or lease == item.lease)
-            and item.status == Status.ACTIVE
+            and item.status == _ACTIVE
             and item.stale_since is None
             and (progress is None or progress == item.progress)
         ):
@@ -492,7 +497,7 @@ class State:
                 item is not None
                 and item.agent_id == agent_id
                 and (lease is None or lease == item.lease)
-                and item.status == Status.ACTIVE
+                and item.status == _ACTIVE
                 and item.stale_since is None
             ):
                 item.last_heartbeat = now  # the holder refreshing a fresh item
