@@ -3,7 +3,7 @@
 Attaches ``py-spy`` (the ``bench`` extra) to a real ``coordd run`` while the bench's
 own clients load it, one load at a time (unbatched heartbeats, batched heartbeats,
 16-client claims), and prints the functions holding the most samples, by own time and
-by total time. The raw collapsed stacks are kept in ``bench/profile-<load>.txt``.
+by total time. The raw collapsed stacks are kept in ``bench/out/profile-<load>.txt``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (target, args_list) in _loads(d).items():
             if args.only and name not in args.only:
                 continue
-            out = HERE / f"profile-{name}.txt"
+            out = HERE / "out" / f"profile-{name}.txt"
+            out.parent.mkdir(exist_ok=True)
             cmd = [
                 spy, "record", "--pid", str(d.proc.pid), "--duration", str(int(args.seconds)),
                 "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking",

@@ -118,6 +118,83 @@ def refresh_markdown(path: Path, block: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
 
 
+# The charts drawn from a run: file name, title, x label, y label, log x. A result
+# belongs to one by ``params.chart`` and gives its point as ``params.x`` and its value,
+# on the line ``params.series`` (a scenario module adds a chart by adding a line here).
+CHARTS = {
+    "claims_vs_held": (
+        "BENCHMARKS-claims-vs-held.png",
+        "Claim round trip against items held (fsync everysec)",
+        "items held",
+        "round trip (us)",
+        True,
+    ),
+    "ingest_vs_senders": (
+        "BENCHMARKS-ingest-vs-senders.png",
+        "Unbatched heartbeat ingest against sender processes",
+        "sender processes (one item per message)",
+        "messages / s",
+        False,
+    ),
+}
+
+
+def chart_series(results: list[Result]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{chart: {series: sorted (x, value)}} from the results that name a chart."""
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in results:
+        p = r.params
+        if r.value is None or "chart" not in p or "series" not in p:
+            continue
+        out.setdefault(str(p["chart"]), {}).setdefault(str(p["series"]), []).append(
+            (float(p["x"]), float(r.value))
+        )
+    for lines in out.values():
+        for points in lines.values():
+            points.sort()
+    return out
+
+
+def draw_charts(results: list[Result], directory: Path) -> list[Path]:
+    """One PNG per chart with points in this run; [] when matplotlib is missing."""
+    data = chart_series(results)
+    if not data:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("charts: matplotlib is missing (pip install -e '.[bench]'); none drawn")
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for chart, lines in data.items():
+        name, title, xlabel, ylabel, logx = CHARTS[chart]
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        for series, points in sorted(lines.items()):
+            xs, ys = zip(*points, strict=True)
+            style = "--" if "reference" in series or "Redis" in series else "-"
+            ax.plot(xs, ys, style, marker="o", label=series)
+        if logx:
+            ax.set_xscale("log")
+        else:
+            ax.set_xticks(sorted({x for points in lines.values() for x, _ in points}))
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = directory / name
+        fig.savefig(path)
+        plt.close(fig)
+        drawn.append(path)
+    return drawn
+
+
 def validate(data: Any) -> None:
     """Raise ValueError unless ``data`` is a list of result objects (the smoke test's check)."""
     if not isinstance(data, list) or not data:

@@ -46,6 +46,10 @@ class Sizes(msgspec.Struct, frozen=True):
     throughput_seconds: float = 10.0
     tick_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     snapshot_sizes: tuple[int, ...] = (100_000, 1_000_000)
+    held_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # claims vs items held
+    held_rtt_n: int = 3000
+    sweep_senders: tuple[int, ...] = (1, 2, 4)  # ingest vs senders (plus `senders`)
+    sweep_seconds: float = 3.0
     restart_records: int = 100_000
     ai_wait: float = 5.0
 
@@ -60,6 +64,10 @@ QUICK = Sizes(
     throughput_seconds=2.0,
     tick_sizes=(10_000, 100_000),
     snapshot_sizes=(2_000, 20_000),
+    held_sizes=(2_000, 20_000),
+    held_rtt_n=300,
+    sweep_senders=(2,),
+    sweep_seconds=1.0,
     restart_records=2_000,
     ai_wait=1.0,
 )
@@ -127,28 +135,41 @@ class Bench:
 
     # --- the ceiling ---------------------------------------------------------------
 
-    def heartbeat_payloads(self, items: list[tuple[str, str, int]]) -> list[list[bytes]]:
+    def heartbeat_payloads(
+        self, items: list[tuple[str, str, int]], senders: int
+    ) -> list[list[bytes]]:
         """One list of single-item heartbeats per sender (its agent's items)."""
-        per: list[list[bytes]] = [[] for _ in range(self.sizes.senders)]
+        per: list[list[bytes]] = [[] for _ in range(senders)]
         for a, w, lease in items:
-            k = int(a[1:]) % self.sizes.senders
+            k = int(a[1:]) % senders
             per[k].append(request("heartbeat", agent_id=a, work_item_id=w, lease=lease))
         return per
 
     def ref_one_way(self) -> float:
         """Raw pyzmq: 8 DEALER senders into a Python ROUTER that only receives and counts."""
         s = self.sizes
-        endpoint = f"ipc://{self.base}/raw.sock"
+        rate = self.one_way_rate(s.senders, s.ingest_seconds)
+        self.refs["one_way"] = rate
+        self.add(
+            "ref_raw_one_way", rate, "msg/s", n=s.senders, senders=s.senders,
+            chart="ingest_vs_senders", x=s.senders, series="raw pyzmq one-way (reference)",
+        )  # fmt: skip
+        return rate
+
+    def one_way_rate(self, senders: int, seconds: float) -> float:
+        """Messages/s from ``senders`` DEALER processes into a receive-only ROUTER."""
+        s = self.sizes
+        endpoint = f"ipc://{self.base}/raw{senders}.sock"
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 100)
         sock.bind(endpoint)
-        fake = [(f"a{k}", f"w{k:08d}", 7) for k in range(s.senders)]
-        payloads = self.heartbeat_payloads(fake)
+        fake = [(f"a{k}", f"w{k:08d}", 7) for k in range(senders)]
+        payloads = self.heartbeat_payloads(fake, senders)
 
         def receive() -> float:
             t_warm = time.monotonic() + s.warm_seconds
-            t_end = t_warm + s.ingest_seconds
+            t_end = t_warm + seconds
             n = counted = 0
             t0 = t1 = 0.0
             recv = sock.recv
@@ -174,12 +195,10 @@ class Bench:
                         break
             return (n - counted) / (t1 - t0)
 
-        run_for = s.warm_seconds + s.ingest_seconds + 0.5
-        args = [(endpoint, payloads[k], MAX_MSGS) for k in range(s.senders)]
+        run_for = s.warm_seconds + seconds + 0.5
+        args = [(endpoint, payloads[k], MAX_MSGS) for k in range(senders)]
         rate, _ = workers.run_workers(workers.one_way_sender, args, run_for, receive)
         sock.close(0)
-        self.refs["one_way"] = rate
-        self.add("ref_raw_one_way", rate, "msg/s", n=s.senders, senders=s.senders)
         return float(rate)
 
     def ref_echo(self) -> None:
@@ -226,81 +245,54 @@ class Bench:
         self.add("ref_fsync_p50", us(percentile(lat, 50)), "us", n=len(lat), bytes=200)
         self.add("ref_fsync_p99", us(percentile(lat, 99)), "us", n=len(lat), bytes=200)
 
-    # --- the Redis peer ------------------------------------------------------------------
+    # --- the Redis peer (bench/peer.py) ------------------------------------------------
 
     def redis_peer(self) -> None:
-        why = peer.unavailable()
-        if why is not None:
-            for name in (
-                "peer_redis_claim_rtt_p50",
-                "peer_redis_claims_per_s",
-                "peer_redis_pexpire",
-            ):
-                self.skip(name, "-", why)
-            return
-        s = self.sizes
-        base = short_dir("cbp")
-        try:
-            rp = peer.RedisPeer(base)
-        except RuntimeError as e:
-            self.skip("peer_redis", "-", str(e))
-            return
-        try:
-            version = rp.version()
-            conn = workers.RespConn(rp.path)
-            for policy in ("always", "everysec"):
-                rp.appendfsync(policy)
-                lat = []
-                for i in range(s.rtt_n + 100):
-                    cmd = workers.redis_command(
-                        "claim", rp.sha, 999, 0 if policy == "always" else 1, i
-                    )
-                    t = time.perf_counter()
-                    line = conn.call(cmd)[0]
-                    if i >= 100:
-                        lat.append(time.perf_counter() - t)
-                    if line.startswith(b"-"):
-                        raise RuntimeError(f"redis refused: {line!r}")
-                lat.sort()
-                for q in (50, 99):
-                    self.refs[f"redis_claim_{policy}_p{q}"] = percentile(lat, q)
-                    self.add(
-                        f"peer_redis_claim_rtt_p{q}_appendfsync_{policy}",
-                        us(percentile(lat, q)), "us", n=len(lat), redis=version,
-                    )  # fmt: skip
-            conn.close()
-            rp.appendfsync("always")
-            clients = s.claim_clients
-            procs = 2
-            args = [(rp.path, "claim", rp.sha, w, clients // procs, MAX_MSGS) for w in range(procs)]
-            _, done = workers.run_workers(workers.redis_closed_loop, args, s.throughput_seconds)
-            rate = sum(done) / s.throughput_seconds
-            self.refs["redis_claims_per_s"] = rate
-            self.add(
-                "peer_redis_claims_per_s_16_clients_appendfsync_always", rate, "claim/s",
-                n=sum(done), clients=clients, redis=version,
-            )  # fmt: skip
-            args = [(rp.path, "heartbeat", rp.sha, w, 1, MAX_MSGS) for w in range(s.senders)]
-            _, done = workers.run_workers(workers.redis_closed_loop, args, s.ingest_seconds)
-            rate = sum(done) / s.ingest_seconds
-            self.refs["redis_pexpire_per_s"] = rate
-            self.add(
-                "peer_redis_pexpire_per_s_8_clients", rate, "hb/s",
-                n=sum(done), clients=s.senders, redis=version,
-            )  # fmt: skip
-        finally:
-            rp.close()
-            _rmtree(base)
+        peer.run(self)
 
     # --- 1 and 2: heartbeat ingest --------------------------------------------------------
 
     def ingest(self, batched: bool) -> None:
         s = self.sizes
+        rate, applied = self.ingest_rate(batched, s.senders, s.ingest_seconds)
+        if batched:
+            self.add(
+                "s2_heartbeat_ingest_batched", rate, "item hb/s",
+                "target 1,000,000 item heartbeats/s", 1_000_000, n=applied,
+                target="ratio >= 1", met=rate >= 1_000_000, senders=s.senders, batch=100,
+            )  # fmt: skip
+            return
+        ref = self.refs.get("one_way")
+        self.add(
+            "s1_heartbeat_ingest_unbatched", rate, "hb/s", "raw pyzmq one-way msg/s", ref,
+            n=applied, target="ratio >= 0.6", met=bool(ref and rate >= 0.6 * ref),
+            senders=s.senders, chart="ingest_vs_senders", x=s.senders,
+            series="coordd unbatched heartbeats",
+        )  # fmt: skip
+        pipelined = self.refs.get("redis_pexpire_pipelined_per_s")
+        if pipelined:
+            self.add(
+                "s1_heartbeats_vs_redis_pexpire_pipelined", rate, "hb/s",
+                "Redis PEXPIRE/s pipelined, same number of clients", pipelined, n=applied,
+                target="ratio >= 1", met=rate >= pipelined, clients=s.senders,
+            )  # fmt: skip
+        round_trip = self.refs.get("redis_pexpire_round_trip_per_s")
+        if round_trip:
+            self.add(
+                "s1_heartbeats_vs_redis_pexpire_round_trip", rate, "hb/s",
+                "Redis PEXPIRE/s round trip (one in flight), same number of clients",
+                round_trip, n=applied, target="ratio >= 3", met=rate >= 3 * round_trip,
+                clients=s.senders,
+            )  # fmt: skip
+
+    def ingest_rate(self, batched: bool, senders: int, seconds: float) -> tuple[float, int]:
+        """Heartbeats/s the daemon applied (its own counter) from ``senders`` processes."""
+        s = self.sizes
         per_agent = 100 if batched else 10
         d = BenchDaemon({"stale_threshold": 3600, "fsync": "never", **BIG_LIMITS})
         try:
             d.start()
-            items = load_items(d, s.senders * per_agent, agents=s.senders)
+            items = load_items(d, senders * per_agent, agents=senders)
             if batched:
                 payloads = [
                     [
@@ -310,43 +302,53 @@ class Bench:
                             items=[[w, lease] for a, w, lease in items if a == f"a{k}"],
                         )
                     ]
-                    for k in range(s.senders)
+                    for k in range(senders)
                 ]
             else:
-                payloads = self.heartbeat_payloads(items)
+                payloads = self.heartbeat_payloads(items, senders)
 
             def count() -> tuple[float, int]:
                 time.sleep(s.warm_seconds)
                 c0, t0 = d.heartbeats(), time.monotonic()
-                time.sleep(s.ingest_seconds)
+                time.sleep(seconds)
                 c1, t1 = d.heartbeats(), time.monotonic()
                 return (c1 - c0) / (t1 - t0), c1 - c0
 
-            run_for = s.warm_seconds + s.ingest_seconds + 0.5
-            args = [(d.agent_endpoint, payloads[k], MAX_MSGS) for k in range(s.senders)]
+            run_for = s.warm_seconds + seconds + 0.5
+            args = [(d.agent_endpoint, payloads[k], MAX_MSGS) for k in range(senders)]
             (rate, applied), _ = workers.run_workers(workers.one_way_sender, args, run_for, count)
         finally:
             d.close()
-        if batched:
-            self.add(
-                "s2_heartbeat_ingest_batched", rate, "item hb/s",
-                "target 1,000,000 item heartbeats/s", 1_000_000, n=applied,
-                target="ratio >= 1", met=rate >= 1_000_000, senders=s.senders, batch=per_agent,
-            )  # fmt: skip
-            return
-        ref = self.refs.get("one_way")
-        self.add(
-            "s1_heartbeat_ingest_unbatched", rate, "hb/s", "raw pyzmq one-way msg/s", ref,
-            n=applied, target="ratio >= 0.6", met=bool(ref and rate >= 0.6 * ref),
-            senders=s.senders,
-        )  # fmt: skip
-        redis = self.refs.get("redis_pexpire_per_s")
-        if redis:
-            self.add(
-                "s1_heartbeats_vs_redis_pexpire", rate, "hb/s",
-                "Redis PEXPIRE/s, same number of clients", redis, n=applied,
-                target="ratio >= 3", met=rate >= 3 * redis, clients=s.senders,
-            )  # fmt: skip
+        return rate, applied
+
+    def ingest_sweep(self) -> None:
+        """Unbatched ingest against sender processes, each count beside the raw one-way
+        ceiling and the pipelined Redis peer with as many clients (the chart's points;
+        the ``senders`` point is s1's own)."""
+        s = self.sizes
+        rp, base = peer.start()
+        try:
+            for k in s.sweep_senders:
+                chart: dict[str, Any] = {"chart": "ingest_vs_senders", "x": k, "senders": k}
+                raw = self.one_way_rate(k, s.sweep_seconds)
+                self.add(
+                    f"sweep_raw_one_way_{k}_senders", raw, "msg/s", n=k, **chart,
+                    series="raw pyzmq one-way (reference)",
+                )  # fmt: skip
+                rate, applied = self.ingest_rate(False, k, s.sweep_seconds)
+                self.add(
+                    f"sweep_heartbeat_ingest_{k}_senders", rate, "hb/s",
+                    "raw pyzmq one-way msg/s, same senders", raw, n=applied, **chart,
+                    series="coordd unbatched heartbeats",
+                )  # fmt: skip
+                if rp is not None:
+                    redis, n = peer.pexpire_pipelined(rp.path, k, s.sweep_seconds)
+                    self.add(
+                        f"sweep_redis_pexpire_pipelined_{k}_clients", redis, "hb/s", n=n,
+                        **chart, series="Redis PEXPIRE pipelined",
+                    )  # fmt: skip
+        finally:
+            peer.stop(rp, base)
 
     # --- 3 and 4: claims -------------------------------------------------------------------
 
@@ -491,16 +493,51 @@ class Bench:
             d.start()
             rss0 = d.rss()
             held: list[tuple[str, str, int]] = []
-            for size in s.snapshot_sizes:
+            extra = 0  # items claimed by the round trips measured on the way
+            for size in sorted(set(s.snapshot_sizes) | set(s.held_sizes)):
                 t = time.monotonic()
                 held += load_items(d, size - len(held), agents=1000, prefix=f"w{len(held)}_")
                 self.log(f"  loaded {len(held)} items in {time.monotonic() - t:.1f}s")
+                if size in s.held_sizes:
+                    extra += self._claims_held(d, size)
                 if size == s.snapshot_sizes[-1]:
-                    self._memory(d, rss0, len(held))
-                self._snapshot(d, held, size)
+                    self._memory(d, rss0, len(held) + extra)
+                if size in s.snapshot_sizes:
+                    self._snapshot(d, held, size)
             self._restart(d, held)
         finally:
             d.close()
+
+    def _claims_held(self, d: BenchDaemon, held: int) -> int:
+        """Claim round trips (``fsync = everysec``) with ``held`` items held: the cost of a
+        claim must not grow with what the daemon holds. Returns the claims made."""
+        n = self.sizes.held_rtt_n
+        sock = d.agent()
+        payload = request("claim", agent_id="a0", work_type="bench", description="d" * 100)
+        lat = _round_trips(sock, payload, n, warm=100)
+        sock.close(0)
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        self.refs[f"held_claim_p50_{held}"] = p50
+        first = min(self.sizes.held_sizes)
+        base = self.refs.get(f"held_claim_p50_{first}")
+        chart: dict[str, Any] = {"chart": "claims_vs_held", "x": held}
+        if held == first or base is None:
+            self.add(
+                f"s10_claim_rtt_p50_{held}_held", us(p50), "us", n=len(lat), items=held,
+                fsync="everysec", **chart, series="coordd claim p50",
+            )  # fmt: skip
+        else:
+            self.add(
+                f"s10_claim_rtt_p50_{held}_held", us(p50), "us",
+                f"claim p50 with {first:,} held", us(base), n=len(lat), items=held,
+                target="ratio <= 1.1", met=p50 <= 1.1 * base, fsync="everysec", **chart,
+                series="coordd claim p50",
+            )  # fmt: skip
+        self.add(
+            f"s10_claim_rtt_p99_{held}_held", us(p99), "us", n=len(lat), items=held,
+            fsync="everysec", **chart, series="coordd claim p99",
+        )  # fmt: skip
+        return n + 100
 
     def _memory(self, d: BenchDaemon, rss0: int, n: int) -> None:
         per = (d.rss() - rss0) / n
