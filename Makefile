@@ -62,13 +62,15 @@ clean:
 
 # Debian tools the service tests use (tests/service): systemd-analyze,
 # systemd-sysusers and systemd-tmpfiles (package systemd), dpkg-deb (dpkg) and the
-# interpreter the .deb's venv is built for. Skipped when already present.
+# interpreter the .deb's venv is built for; strace for the fsync-order test
+# (tests/daemon/test_fsync_order.py). Skipped when already present.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
 system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) systemd; }
 	@command -v dpkg-deb >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) dpkg; }
 	@test -x /usr/bin/python3.11 || { $(SUDO) apt-get update && $(APT_INSTALL) python3.11; }
+	@command -v strace >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) strace; }
 
 # dist/coordd_<version>_<arch>.deb: coordd in its own venv under /opt/coordd, the
 # systemd unit, sysusers/tmpfiles files, /etc/coordd/coordd.toml, completions.

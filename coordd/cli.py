@@ -132,13 +132,15 @@ def import_(config_file: str | None, directory: str) -> None:
 
 @main.command()
 @config_option
-@click.option("--repair", is_flag=True, help="Cut the damage (keeping a copy) and rewrite.")
+@click.option("--repair", is_flag=True, help="Salvage what can be read (copying every file first).")
 def fsck(config_file: str | None, repair: bool) -> None:
-    """Check snapshot.json and journal.wal in the state directory (coordd must be stopped).
+    """Check the snapshot and journal in the state directory (coordd must be stopped).
 
-    With --repair: a corrupt snapshot is moved aside and a damaged journal copied
-    aside (``*.corrupt-<time>``); what can be read is kept and a fresh, consistent
-    snapshot and journal are written. Exit status 1 when problems remain.
+    With --repair: every file is copied as it was into ``fsck-copy-<time>-<pid>/``;
+    every record whose checksum holds is kept (damaged snapshot blocks filled in from
+    the previous generation when it can be), a fresh, consistent snapshot and journal
+    are written, and what was kept and lost is printed. Exit status 1 when problems
+    remain.
     """
     import time
 
@@ -152,6 +154,10 @@ def fsck(config_file: str | None, repair: bool) -> None:
         click.echo(f"problem: {line}")
     for line in report.actions:
         click.echo(f"repair: {line}")
+    if report.kept:
+        kept = ", ".join(f"{k}={v}" for k, v in report.kept.items())
+        lost = ", ".join(f"{k}={v}" for k, v in report.dropped.items()) or "nothing counted"
+        click.echo(f"repair: kept {kept}; lost {lost}")
     if report.clean:
         click.echo(f"{cfg.state_dir}: snapshot and journal are consistent")
     elif not repair:

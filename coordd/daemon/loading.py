@@ -24,6 +24,8 @@ def load_state(cfg: Config, state: State, store: Store, snapshots: Snapshots, no
         snapshot=report.snapshot,
         records_replayed=report.records,
         torn_bytes_dropped=report.torn_bytes,
+        previous_snapshot_used=bool(report.fallback),
+        upgraded_from_format=report.upgraded_from or None,
         items=len(state.items),
         generation=report.generation,
     )

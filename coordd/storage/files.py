@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 FSCK_HINT = "run `coordd fsck` to inspect and `coordd fsck --repair` to repair (it keeps a copy)"
@@ -36,9 +37,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
     """Replace ``path`` with ``data``: tmp + fsync + rename + fsync dir. On failure the
-    previous file is untouched and the tmp file removed."""
+    previous file is untouched and the tmp file removed. ``before_rename`` runs once
+    the new data is durable, before it takes the name (to keep the old file)."""
     # The tmp name carries our pid so an orphaned writer can never share it.
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
@@ -48,6 +50,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_rename is not None:
+            before_rename()
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

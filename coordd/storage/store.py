@@ -16,20 +16,29 @@ from coordd.core.model import Record
 from coordd.core.state import State
 from coordd.kinds import FsyncPolicy
 from coordd.storage import fsck as fsck_mod
-from coordd.storage.files import Corrupt, StoreError, lock_state_dir, os_reason
+from coordd.storage import loader
+from coordd.storage.files import (
+    Corrupt,
+    StoreError,
+    corrupt_copy_name,
+    fsync_dir,
+    lock_state_dir,
+    os_reason,
+    write_atomic,
+)
+from coordd.storage.format1 import SNAPSHOT_V1_NAME
 from coordd.storage.fsck import FsckReport
 from coordd.storage.snapshot import (
     SNAPSHOT_NAME,
+    SNAPSHOT_PREV_NAME,
     Child,
     SnapshotResult,
     document,
     fork_writer,
-    read_snapshot,
-    records_after,
     restore,
     write_snapshot,
 )
-from coordd.storage.wal import WAL_NAME, WalWriter, read_wal
+from coordd.storage.wal import INITIAL_CAPACITY, WAL_NAME, WalScan, WalWriter, link_over
 
 if TYPE_CHECKING:
     from coordd.config import Config
@@ -58,6 +67,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     records: int = 0
     torn_bytes: int = 0
     generation: int = 1
+    fallback: str = ""  # the copy of a damaged newest snapshot, when the previous was used
+    upgraded_from: int = 0  # 1: format-1 files were read and written once in format 2
 
 
 class Store(Protocol):
@@ -121,11 +132,12 @@ class FileStore:
         state_dir: str | Path,
         fsync: str = FsyncPolicy.ALWAYS,
         observe_fsync: ObserveFsync | None = None,
+        journal_capacity: int = INITIAL_CAPACITY,
     ) -> None:
         self.dir = Path(state_dir)
         self.snapshot_path = self.dir / SNAPSHOT_NAME
         self.wal_path = self.dir / WAL_NAME
-        self._wal = WalWriter(self.wal_path, fsync, observe_fsync)
+        self._wal = WalWriter(self.wal_path, fsync, observe_fsync, journal_capacity)
         self._child: Child | None = None
         # The WAL position (generation, offset) the running child's snapshot covers.
         self._child_covers = (0, 0)
@@ -145,27 +157,101 @@ class FileStore:
     # --- start ---------------------------------------------------------------------
 
     def load(self, state: State) -> LoadReport:
-        """Snapshot, then the WAL after it; open the WAL for appending. Raises Corrupt."""
-        snap = read_snapshot(self.snapshot_path)
-        scan = read_wal(self.wal_path)
-        report = LoadReport(snapshot=snap is not None)
-        records = () if scan is None else records_after(snap, scan, self.wal_path)
-        report.records = restore(state, snap, records)
-        if scan is None:
-            self._wal.create(snap.wal_generation + 1 if snap is not None else 1)
-        else:
-            if scan.torn:
-                report.torn_bytes = scan.size - scan.end
-                log.warning(
-                    "journal_torn_tail_dropped",
-                    path=str(self.wal_path),
-                    offset=scan.end,
-                    bytes=report.torn_bytes,
-                )
-            self._wal.generation = scan.generation
-            self._wal.open(scan.end)
+        """Snapshot, then the journal after it; open the journal for appending.
+        Raises Corrupt (nothing is changed on disk then)."""
+        p = loader.plan(self.dir)
+        report = LoadReport(snapshot=p.snap is not None)
+        report.records = restore(state, p.snap, p.records())
+        if p.fallback is not None:
+            report.fallback = self._use_previous(p)
+        top = p.top
+        if top is None:
+            self._wal.create(1)
+        elif top.version == 2:
+            if top.torn is not None:
+                report.torn_bytes = self._drop_torn_tail(top)
+            self._wal.open(top)
+        if p.format1:
+            report.upgraded_from = 1
+            self._upgrade(p, state)
         report.generation = self._wal.generation
         return report
+
+    def _drop_torn_tail(self, top: WalScan) -> int:
+        """Keep a copy of a torn last write, then zero it so new frames follow the
+        last good one. Nothing in it was acknowledged (its sync never returned)."""
+        assert top.torn is not None
+        offset, size = top.torn
+        with open(self.wal_path, "r+b") as f:
+            f.seek(offset)
+            dropped = f.read(size)
+            copy = self.wal_path.with_name(
+                f"{WAL_NAME}.torn-{top.generation}-{offset}-{time.strftime('%Y%m%dT%H%M%S')}"
+            )
+            write_atomic(copy, dropped)
+            f.seek(offset)
+            f.write(bytes(size))
+            f.flush()
+            os.fdatasync(f.fileno())
+        log.warning(
+            "journal_torn_tail_dropped",
+            path=str(self.wal_path),
+            offset=offset,
+            bytes=size,
+            copy=str(copy),
+            detail="the last write was torn (a crash during it); it was never acknowledged",
+        )
+        return size
+
+    def _use_previous(self, p: loader.Plan) -> str:
+        """The newest snapshot is damaged; the previous one with the journals after it
+        was loaded. Keep the damaged file as a copy; the one used becomes the newest."""
+        assert p.fallback is not None and p.snap_path is not None
+        damaged = self.snapshot_path
+        copy = corrupt_copy_name(damaged)
+        if damaged.exists():
+            os.rename(damaged, copy)
+        if p.snap_path.name == SNAPSHOT_PREV_NAME:
+            os.rename(p.snap_path, damaged)
+        fsync_dir(self.dir)
+        log.error(
+            "snapshot_damaged_previous_used",
+            damaged=str(p.fallback.path),
+            offset=p.fallback.offset,
+            reason=p.fallback.what,
+            used=p.snap_path.name,
+            copy=str(copy),
+            detail="nothing is lost: the previous snapshot and the journal after it hold it all",
+        )
+        return str(copy)
+
+    def _upgrade(self, p: loader.Plan, state: State) -> None:
+        """Format 1 files were read as they are; write them once in format 2, keeping a
+        copy of each first (``format1-copy/``). Each step leaves a loadable directory."""
+        copy_dir = self.dir / "format1-copy"
+        copy_dir.mkdir(exist_ok=True)
+        v1_snap = self.dir / SNAPSHOT_V1_NAME
+        for f in (v1_snap, self.wal_path):
+            if f.exists() and not (copy_dir / f.name).exists():
+                write_atomic(copy_dir / f.name, f.read_bytes())
+        top = p.top
+        if top is not None and top.version == 1:
+            # The format-1 journal stays readable as the previous generation while the
+            # snapshot below is not yet durable.
+            link_over(self.wal_path, self._wal.prev_path)
+            self._wal.create(top.generation + 1, (top.generation, top.end))
+        doc = document(state, time.time(), self._wal.generation, self._wal.offset)
+        write_snapshot(self.snapshot_path, doc)
+        v1_snap.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+        log.warning(
+            "state_upgraded",
+            from_format=1,
+            to_format=2,
+            copy=str(copy_dir),
+            items=len(state.items),
+            detail="format-1 files were read as they are and written once in format 2",
+        )
 
     def fsck(self, repair: bool, now: float) -> FsckReport:
         return fsck_mod.fsck(self.dir, repair, now)

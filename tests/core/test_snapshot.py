@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from coordd.core.model import WorkItem
 from coordd.kinds import Status
-from coordd.storage import snapshot, wal
+from coordd.storage import frames, snapshot, wal
 from coordd.storage.files import Corrupt
 from tests.core.storage_helpers import T0, open_fresh, reload, view, wait_snapshot, work
 
@@ -21,17 +21,38 @@ def d(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def _end(d: Path) -> int:
+    scan = wal.read_wal(d / wal.WAL_NAME)
+    assert scan is not None
+    return scan.end
+
+
+def result_offset(d: Path) -> int:
+    """Where the previous generation's records ended (what the snapshot covers)."""
+    scan = wal.read_wal(d / wal.WAL_PREV_NAME)
+    assert scan is not None
+    return scan.end
+
+
 def test_a_snapshot_that_does_not_parse_refuses_start(d: Path) -> None:
     st, store = open_fresh(d)
     work(st, store, 3)
     assert store.snapshot(st, T0 + 100).ok
     store.close()
     snap = d / snapshot.SNAPSHOT_NAME
-    snap.write_bytes(snap.read_bytes()[:200] + b"}garbage")
+    data = bytearray(snap.read_bytes())
+    starts = [
+        fr.pos
+        for fr in frames.scan(memoryview(bytes(data)), snapshot.FILE_HEADER.size, len(data))
+        if not fr.problem
+    ]
+    hit = max(p for p in starts if p <= 200)
+    data[200] ^= 0x01  # one bit, inside the first block of items
+    snap.write_bytes(bytes(data))
     with pytest.raises(Corrupt) as err:
         reload(d)
     msg = str(err.value)
-    assert str(snap) in msg and "offset 2" in msg and "coordd fsck" in msg
+    assert str(snap) in msg and f"offset {hit}" in msg and "coordd fsck" in msg
 
 
 def test_after_a_snapshot_the_journal_starts_afresh_and_nothing_counts_twice(d: Path) -> None:
@@ -39,10 +60,11 @@ def test_after_a_snapshot_the_journal_starts_afresh_and_nothing_counts_twice(d: 
     work(st, store, 6)
     result = store.snapshot(st, T0 + 100)
     assert result.ok and result.items == 6 and result.seconds > 0
-    assert (d / wal.WAL_NAME).stat().st_size == wal.HEADER.size
-    doc = msgspec.json.decode((d / snapshot.SNAPSHOT_NAME).read_bytes())
-    assert doc["format"] == "coordd-snapshot" and doc["version"] == 1
-    assert {"items", "agents", "completions", "team_velocity", "lease_seq"} <= doc.keys()
+    scan = wal.read_wal(d / wal.WAL_NAME)
+    assert scan is not None and scan.records == [] and scan.generation == 2
+    doc = snapshot.read_snapshot(d / snapshot.SNAPSHOT_NAME)
+    assert doc is not None and doc.version == 2 and len(doc.items) == 6
+    assert (doc.wal_generation, doc.wal_offset) == (1, result_offset(d))
     work(st, store, 4, start=50)
     store.close()
     again = reload(d)[0]
@@ -72,10 +94,11 @@ def test_a_journal_that_does_not_follow_the_snapshot_refuses_start(d: Path) -> N
     assert store.snapshot(st, T0 + 20).ok  # the journal is now two generations ahead
     store.close()
     snap = d / snapshot.SNAPSHOT_NAME
-    doc = msgspec.json.decode(snap.read_bytes())
-    doc["wal_generation"] = 1
-    snap.write_bytes(msgspec.json.encode(doc))
-    with pytest.raises(Corrupt, match="does not follow the snapshot"):
+    doc = snapshot.read_snapshot(snap)
+    assert doc is not None
+    doc.wal_generation = 1
+    snap.write_bytes(snapshot.encode(doc))
+    with pytest.raises(Corrupt, match="does not continue from there"):
         reload(d)
 
 
@@ -104,7 +127,7 @@ def test_a_background_snapshot_starts_the_journal_afresh_with_what_came_meanwhil
     # one of the next generation holding only the tail written while the child ran.
     st, store = open_fresh(d)
     work(st, store, 200)
-    before = (d / wal.WAL_NAME).stat().st_size
+    before = _end(d)
     with capture_logs() as logs:
         assert store.snapshot_background(st, T0 + 1000)
         work(st, store, 2, start=500)  # a tail to carry over
@@ -112,7 +135,7 @@ def test_a_background_snapshot_starts_the_journal_afresh_with_what_came_meanwhil
     assert result is not None and result.ok, result
     assert not [e for e in logs if e["event"] == "journal_rotate_failed"], logs
     assert store.generation == 2
-    assert (d / wal.WAL_NAME).stat().st_size < before / 10
+    assert _end(d) < before / 10
     store.close()
     again = reload(d)[0]
     assert view(again) == view(st)
@@ -165,7 +188,7 @@ def test_files_that_carry_heap_deadline_load_as_before(d: Path) -> None:
     store.append([_OldPutItem(_old("w2", 2))])  # type: ignore[list-item]
     store.close()
     snapshot_path = d / snapshot.SNAPSHOT_NAME
-    assert b'"heap_deadline"' in snapshot_path.read_bytes()
+    assert b"heap_deadline" in snapshot_path.read_bytes()
     assert b"heap_deadline" in (d / wal.WAL_NAME).read_bytes()
 
     again, store2 = reload(d)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
@@ -59,17 +58,24 @@ def test_an_unknown_fsync_policy_is_refused(d: Path) -> None:
         wal.WalWriter(d / wal.WAL_NAME, "sometimes")
 
 
-def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
+def test_a_torn_last_record_is_dropped_with_a_warning_and_a_copy(d: Path) -> None:
     st, path = written(d, 4)
-    good_size = path.stat().st_size
-    with open(path, "ab") as f:  # half a frame: the process died mid-append
-        f.write(struct.pack(">II", 500, 0) + b"\x93\xa4item")
+    scan = wal.read_wal(path)
+    assert scan is not None
+    end, size = scan.end, path.stat().st_size
+    torn = wal.frame([scan.records[0][1]])[:30]  # the process died mid-append
+    with open(path, "r+b") as f:
+        f.seek(end)
+        f.write(torn)
     with capture_logs() as logs:
         again, store2 = reload(d)
     assert view(again) == view(st)
     warning = [e for e in logs if e["event"] == "journal_torn_tail_dropped"]
-    assert warning and warning[0]["offset"] == good_size and warning[0]["log_level"] == "warning"
-    assert path.stat().st_size == good_size  # cut, so new frames follow the last good one
+    assert warning and warning[0]["offset"] == end and warning[0]["bytes"] == len(torn)
+    assert warning[0]["log_level"] == "warning"
+    (copy,) = d.glob("journal.wal.torn-*")
+    assert copy.read_bytes() == torn and str(copy) == warning[0]["copy"]
+    assert path.stat().st_size == size  # zeroed, not cut: the file stays preallocated
     work(again, store2, 2, start=100)
     store2.close()
     assert view(reload(d)[0]) == view(again)
@@ -78,8 +84,8 @@ def test_a_torn_last_record_is_dropped_with_a_warning_and_cut(d: Path) -> None:
 def test_a_bad_checksum_in_the_middle_refuses_with_file_offset_and_fsck(d: Path) -> None:
     _, path = written(d, 4)
     data = bytearray(path.read_bytes())
-    first = wal.HEADER.size
-    data[first + 12] ^= 0xFF  # inside the first record's payload
+    first = wal.HEADER_SIZE
+    data[first + 20] ^= 0xFF  # inside the first record's payload
     path.write_bytes(bytes(data))
     with pytest.raises(Corrupt) as err:
         reload(d)

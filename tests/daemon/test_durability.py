@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from coordd import protocol
+from coordd.storage import wal as wal_mod
 from tests.conftest import BIN, CoorddProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,28 +115,35 @@ def test_a_torn_journal_tail_is_dropped_with_a_warning(coordd_factory: Any) -> N
         d.call(protocol.Add(work_type="t", description=f"{n}", work_item_id=f"w{n}"))
     d.stop(signal.SIGKILL)
     wal = d.dir / "journal.wal"
-    size = wal.stat().st_size
-    with open(wal, "ab") as f:
-        f.write(b"\x00\x00\x01\x00\xde\xad")  # half a frame header and nothing after
+    scan = wal_mod.read_wal(wal)
+    assert scan is not None
+    end, size = scan.end, wal.stat().st_size
+    with open(wal, "r+b") as f:  # half a frame header where the next frame goes
+        f.seek(end)
+        f.write(b"\xc0\xdf\x01\x00\xde\xad")
     d.start()
     assert {f"w{n}" for n in range(5)} <= items_by_id(d).keys()
     log = d.log()
-    assert "journal_torn_tail_dropped" in log and f"offset={size}" in log
-    assert wal.stat().st_size == size
+    assert "journal_torn_tail_dropped" in log and f"offset={end}" in log and "bytes=6" in log
+    assert wal.stat().st_size == size  # preallocated: the bytes are zeroed, not cut
+    (copy,) = d.dir.glob("journal.wal.torn-*")
+    assert copy.read_bytes() == b"\xc0\xdf\x01\x00\xde\xad"
 
 
 def test_a_corrupt_snapshot_refuses_start_until_fsck_repair(coordd_factory: Any) -> None:
     d: CoorddProcess = coordd_factory({**FAST, "snapshot_interval": 3600})
     d.call(protocol.Add(work_type="t", description="kept", work_item_id="w_kept"))
     assert d.stop() == 0  # SIGTERM: a final snapshot
-    snap = d.dir / "snapshot.json"
+    snap = d.dir / "snapshot.bin"
     assert b"w_kept" in snap.read_bytes()
-    snap.write_bytes(snap.read_bytes()[:40] + b"\x00garbage")
+    damaged = snap.read_bytes()[:40] + b"\x00garbage"
+    snap.write_bytes(damaged)
     d.start(wait=False)
     assert d.proc is not None
     assert d.proc.wait(timeout=15) == 1
     log = d.log()
-    assert str(snap) in log and "byte offset 40" in log and "coordd fsck --repair" in log
+    # the META frame at byte 16 now runs past the end of the file
+    assert str(snap) in log and "byte offset 16" in log and "coordd fsck --repair" in log
 
     def coordd_cmd(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -143,14 +151,17 @@ def test_a_corrupt_snapshot_refuses_start_until_fsck_repair(coordd_factory: Any)
         )
 
     r = coordd_cmd("fsck")
-    assert r.returncode == 1 and "snapshot.json" in r.stdout and "--repair" in r.stdout
+    assert r.returncode == 1 and "snapshot.bin" in r.stdout and "--repair" in r.stdout
     r = coordd_cmd("fsck", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kept a copy" in r.stdout
-    assert list(d.dir.glob("snapshot.json.corrupt-*"))
+    (copy,) = d.dir.glob("fsck-copy-*")
+    assert (copy / "snapshot.bin").read_bytes() == damaged
     assert coordd_cmd("fsck").returncode == 0
     d.start()
     assert d.call(protocol.Status())["health"] == "ok"
+    # the item was in the journal the previous generation kept: the repair found it
+    assert "w_kept" in items_by_id(d)
 
 
 def test_coordctl_snapshot_and_sigterm_write_a_snapshot(coordd_factory: Any) -> None:
@@ -160,15 +171,16 @@ def test_coordctl_snapshot_and_sigterm_write_a_snapshot(coordd_factory: Any) -> 
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["ok"] and out["items"] == 1 and out["blocked"] < out["seconds"] + 1e-3
-    assert "w1" in (d.dir / "snapshot.json").read_text()
+    assert "w1" in _read(d.dir / "snapshot.bin")
     # only operators may ask for one
     agent = d.agent()
     refused = d.request(agent, protocol.Snapshot())
     assert isinstance(refused, protocol.Error) and refused.code == "not_allowed"
     d.call(protocol.Add(work_type="t", description="x", work_item_id="w2"))
     assert d.stop() == 0
-    assert "w2" in (d.dir / "snapshot.json").read_text()
-    assert (d.dir / "journal.wal").stat().st_size == 20  # started afresh: header only
+    assert "w2" in _read(d.dir / "snapshot.bin")
+    scan = wal_mod.read_wal(d.dir / "journal.wal")
+    assert scan is not None and scan.records == []  # started afresh: header only
 
 
 def _as_nobody_works() -> bool:
@@ -213,19 +225,19 @@ def test_a_snapshot_refused_by_the_os_degrades_keeps_serving_and_recovers(
     d.start()
     try:
         d.call(protocol.Add(work_type="t", description="x", work_item_id="before"))
-        wait_for(lambda: "before" in _read(d.dir / "snapshot.json"), what="a first snapshot")
-        good = (d.dir / "snapshot.json").read_bytes()
+        wait_for(lambda: "before" in _read(d.dir / "snapshot.bin"), what="a first snapshot")
+        good = (d.dir / "snapshot.bin").read_bytes()
         os.chmod(d.dir, 0o500)  # nobody may no longer create the temporary file
         wait_for(lambda: d.call(protocol.Status())["health"] == "degraded", what="degraded health")
         status = d.ctl("status")
         assert "degraded (snapshot failed: Permission denied (EACCES)" in status.stdout
         # it keeps serving, and the journal still takes the transitions
         d.call(protocol.Add(work_type="t", description="x", work_item_id="during"))
-        assert (d.dir / "snapshot.json").read_bytes() == good
+        assert (d.dir / "snapshot.bin").read_bytes() == good
         assert "snapshot_failed" in d.log() and "EACCES" in d.log()
         os.chmod(d.dir, 0o700)
         wait_for(lambda: d.call(protocol.Status())["health"] == "ok", what="health ok again")
-        assert "during" in _read(d.dir / "snapshot.json")
+        assert "during" in _read(d.dir / "snapshot.bin")
     finally:
         os.chmod(d.dir, 0o700)
         d.stop(signal.SIGKILL)
@@ -236,7 +248,7 @@ def test_a_snapshot_refused_by_the_os_degrades_keeps_serving_and_recovers(
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        return path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return ""
 

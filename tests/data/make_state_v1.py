@@ -61,8 +61,9 @@ def scenario(d: Path) -> None:
     step()
     st.register("bo", T0 + 2, team="web")
     step()
-    a = st.claim("ana", "build", 'say "hi" — naïve ✓ 日本語', T0 + 3, team="core",
-                 work_item_id="w-quote")
+    a = st.claim(
+        "ana", "build", 'say "hi" — naïve ✓ 日本語', T0 + 3, team="core", work_item_id="w-quote"
+    )
     step()
     st.add("test", "pending one", T0 + 4, priority="high", team="web", work_item_id="w-pend")
     step()
@@ -72,8 +73,9 @@ def scenario(d: Path) -> None:
     step()
     st.progress(a.work_item_id, 55, T0 + 7, agent_id="ana", lease=a.lease, stage="línk")
     step()
-    b = st.claim("bo", "deploy", "done soon", T0 + 8, team="web", work_item_id="w-done",
-                 stale_after=90.0)
+    b = st.claim(
+        "bo", "deploy", "done soon", T0 + 8, team="web", work_item_id="w-done", stale_after=90.0
+    )
     step()
     st.complete(b.work_item_id, T0 + 9, "bo", b.lease, result="success", velocity=5)
     step()
@@ -95,8 +97,7 @@ def scenario(d: Path) -> None:
     st.recover_retry(f, T0 + 18, "stuck")
     step()
     for k in range(4):
-        g = st.claim("ana", "build", f"batch {k}", T0 + 20 + k, team="core",
-                     work_item_id=f"w-b{k}")
+        g = st.claim("ana", "build", f"batch {k}", T0 + 20 + k, team="core", work_item_id=f"w-b{k}")
         step()
         if k % 2:
             st.complete(g.work_item_id, T0 + 20.5 + k, "ana", g.lease, velocity=k)
@@ -121,7 +122,9 @@ def main() -> None:
     assert report.snapshot and report.records >= 20, report
     out = dump(st)
     out["journal_records_after_snapshot"] = report.records
-    (d / "expected.json").write_text(json.dumps(out, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    (d / "expected.json").write_text(
+        json.dumps(out, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 if __name__ == "__main__":
