@@ -102,3 +102,22 @@ def test_a_second_holder_of_the_state_dir_is_refused(d: Path) -> None:
     finally:
         os.close(fd)
     shutil.rmtree(d)
+
+
+def test_the_journal_is_preallocated_and_grows_by_extents_its_header_records(d: Path) -> None:
+    st, store = open_fresh(d, journal_capacity=8192)
+    path = d / wal.WAL_NAME
+    assert path.stat().st_size == 8192
+    assert path.stat().st_blocks * 512 >= 8192  # allocated now, not at each append
+    synced: list[float] = []
+    store._wal._observe_fsync = synced.append
+    work(st, store, 60)  # 90 batches, well past the first extent
+    store.close()
+    assert len(synced) == 90  # growing adds no sync to a batch's count
+    scan = wal.read_wal(path)
+    assert scan is not None and scan.capacity > 8192 and scan.capacity == path.stat().st_size
+    assert view(reload(d)[0]) == view(st)
+    # A file shorter than its header says was cut: refused, though every frame left is whole.
+    os.truncate(path, scan.end)
+    with pytest.raises(Corrupt, match=f"offset {scan.end}: the journal was cut"):
+        reload(d)

@@ -155,6 +155,8 @@ def test_a_corrupt_snapshot_refuses_start_until_fsck_repair(coordd_factory: Any)
     r = coordd_cmd("fsck", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kept a copy" in r.stdout
+    # what it kept and lost, counted: the item came back from the journal kept beside
+    assert "repair: kept" in r.stdout and "items=1" in r.stdout
     (copy,) = d.dir.glob("fsck-copy-*")
     assert (copy / "snapshot.bin").read_bytes() == damaged
     assert coordd_cmd("fsck").returncode == 0
