@@ -9,7 +9,6 @@ Exit statuses: 0 ok, 1 refused by the daemon, 2 usage, 3 nothing pending,
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import msgspec
 
 from coordctl.client import (
     EXIT_NOTHING_PENDING,
@@ -25,10 +25,9 @@ from coordctl.client import (
     Client,
     Refused,
     Unreachable,
-    to_builtins,
 )
 from coordd import config as config_mod
-from coordd import protocol
+from coordd import protocol, views
 from coordd.kinds import Priority, Status, Strategy
 
 
@@ -62,8 +61,32 @@ def coordination_dir(ctx: Ctx) -> Path:
     return d
 
 
-def fail(message: str, status: int) -> NoReturn:
-    click.echo(f"coordctl: {message}", err=True)
+# coordctl's own error codes under --json, by exit status (a daemon refusal keeps the
+# daemon's code: unknown_work, lease_lost, ...).
+CODES = {1: "refused", 2: "usage", 3: "nothing_pending", 4: "unreachable"}
+
+
+def json_wanted() -> bool:
+    """Whether the running command was given ``--json`` (so a refusal is JSON too)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("as_json"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def fail(
+    message: str, status: int, code: str | None = None, line: str | None = None, **extra: Any
+) -> NoReturn:
+    """Stop with ``status``: one line on stderr for people (``line``, else the message);
+    under ``--json`` also the refusal as ``{"error": {...}}`` on stdout."""
+    click.echo(f"coordctl: {line or message}", err=True)
+    if json_wanted():
+        body = views.ErrorBody(
+            code=code or CODES.get(status, "refused"), message=message, exit_status=status, **extra
+        )
+        click.echo(views.encode(views.ErrorView(error=body)))
     sys.exit(status)
 
 
@@ -72,18 +95,19 @@ def call(ctx: Ctx, req: protocol.Request) -> Any:
     try:
         return ctx.client.call(req)
     except Unreachable as e:
-        fail(str(e), EXIT_UNREACHABLE)
+        fail(str(e), EXIT_UNREACHABLE, "unreachable")
     except Refused as e:
         if e.code == "nothing_pending":
-            fail(e.message, EXIT_NOTHING_PENDING)
-        fail(f"refused ({e.code}): {e.message}", EXIT_REFUSED)
+            fail(e.message, EXIT_NOTHING_PENDING, e.code)
+        fail(e.message, EXIT_REFUSED, e.code, line=f"refused ({e.code}): {e.message}")
 
 
-def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:
+def emit(as_json: bool, view: msgspec.Struct, human: Callable[[Any], str]) -> None:
+    """Print a view: ``human(view)`` for people, the view's JSON with ``--json``."""
     if as_json:
-        click.echo(json.dumps(to_builtins(data), indent=2, sort_keys=True))
+        click.echo(views.encode(view))
     else:
-        click.echo(human(data))
+        click.echo(human(view))
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,7 +130,28 @@ def command(name: str | None = None, **kw: Any) -> Callable[..., click.Command]:
     return wrap
 
 
-@click.group()
+class Group(click.Group):
+    """coordctl's group: a usage error under ``--json`` is a JSON refusal too."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **kw: Any) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        kw.pop("standalone_mode", None)
+        try:
+            return super().main(argv, prog_name, standalone_mode=False, **kw)
+        except click.ClickException as e:
+            if "--json" not in argv:
+                e.show()
+                sys.exit(e.exit_code)
+            click.echo(f"coordctl: {e.format_message()}", err=True)
+            body = views.ErrorBody(code="usage", message=e.format_message(), exit_status=2)
+            click.echo(views.encode(views.ErrorView(error=body)))
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Group)
 @click.option(
     "--config",
     "config_file",
@@ -129,6 +174,7 @@ def main(ctx: click.Context, config_file: str | None, **flags: Any) -> None:
 
 
 # Shared argument types. The choices are listed in the order `--help` has always shown.
-PRIORITY = click.Choice([p.value for p in reversed(Priority)])  # low .. critical
+# Priority words in any case (HIGH, High): click gives back the canonical lower-case one.
+PRIORITY = click.Choice([p.value for p in reversed(Priority)], case_sensitive=False)
 STATUS = click.Choice([s.value for s in Status])
 RECOVERY = click.Choice([s.value for s in (Strategy.REASSIGN, Strategy.FAIL, Strategy.RETRY)])

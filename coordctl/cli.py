@@ -9,9 +9,9 @@ failing test: ``tests/cli/test_structure.py``).
 from __future__ import annotations
 
 from coordctl.base import main
-from coordctl.commands import ai, events, freshness, heartbeat, items, keys, mcp, run
+from coordctl.commands import ai, events, freshness, heartbeat, items, keys, mcp, run, schema
 
-MODULES = (items, freshness, heartbeat, run, events, ai, keys, mcp)
+MODULES = (items, freshness, heartbeat, run, events, ai, keys, mcp, schema)
 
 for _module in MODULES:
     for _command in _module.COMMANDS:

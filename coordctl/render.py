@@ -53,18 +53,63 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def item_rows(items: Sequence[dict[str, Any]], now: float | None = None) -> str:
+def short_ids(ids: Sequence[str], min_tail: int = 6) -> dict[str, str]:
+    """A unique short form of each id, as git abbreviates hashes: ``work_…7956633``.
+
+    coordd's ids end in nanoseconds, so they differ at the end: the form keeps the
+    prefix up to ``_`` and the shortest tail (at least ``min_tail`` characters) that
+    tells the given ids apart. Every command taking an id accepts it back.
+    """
+    long_ids = [i for i in dict.fromkeys(ids) if len(i) > 16]
+    out = {i: i for i in ids}
+    tail = min_tail
+    while long_ids:
+        tails: dict[str, int] = {}
+        for i in long_ids:
+            tails[i[-tail:]] = tails.get(i[-tail:], 0) + 1
+        settled = [i for i in long_ids if tails[i[-tail:]] == 1 or tail >= len(i) - 6]
+        for i in settled:
+            head, sep, _ = i.partition("_")
+            prefix = head + sep if sep and len(head) <= 8 else ""
+            out[i] = f"{prefix}…{i[-tail:]}" if len(i) - len(prefix) > tail + 1 else i
+        long_ids = [i for i in long_ids if i not in set(settled)]
+        tail += 1
+    return out
+
+
+def blocked_reason(i: Any) -> str:
+    """Why a blocked item waits, in words: ``waits for work_…12 (failed: failed_stale)``."""
+    parts = []
+    for d in i.waiting_on:
+        if d.status is None:
+            parts.append(d.work_item_id)
+        elif d.status == "pending" or d.status == "active":
+            parts.append(f"{d.work_item_id} ({d.status})")
+        else:
+            parts.append(f"{d.work_item_id} ({d.status}: {d.result or '-'})")
+    return "waits for " + ", ".join(parts)
+
+
+def item_state(i: Any) -> str:
+    """Status as people read it: blocked and stale are shown, though not stored."""
+    if i.blocked:
+        return "blocked"
+    return i.status + (" (stale)" if i.stale else "")
+
+
+def item_rows(items: Sequence[Any], now: float | None = None) -> str:
+    short = short_ids([i.work_item_id for i in items])
     rows = [
         (
-            i["work_item_id"],
-            i["status"] + (" (stale)" if i.get("stale_since") and i["status"] == "active" else ""),
-            i.get("priority"),
-            i.get("work_type"),
-            i.get("team") or "-",
-            i.get("agent_id"),
-            f"{i.get('progress', 0)}%",
-            age(i.get("last_heartbeat"), now) if i["status"] == "active" else "-",
-            i.get("description"),
+            short[i.work_item_id],
+            item_state(i),
+            i.priority,
+            i.work_type,
+            i.team,
+            i.agent_id,
+            f"{i.progress}%",
+            age(_ts(i.last_heartbeat), now) if i.status == "active" else "-",
+            i.description,
         )
         for i in items
     ]
@@ -74,47 +119,42 @@ def item_rows(items: Sequence[dict[str, Any]], now: float | None = None) -> str:
     )
 
 
-def item_detail(i: dict[str, Any]) -> str:
-    order = (
-        "work_item_id",
-        "status",
-        "priority",
-        "work_type",
-        "team",
-        "description",
-        "agent_id",
-        "lease",
-        "progress",
-        "stage",
-        "claimed_at",
-        "last_heartbeat",
-        "completed_at",
-        "result",
-        "velocity_points",
-        "retry_count",
-        "recovery_reason",
-        "recovered_at",
-        "recovered_from",
-        "stale_since",
-        "stale_after",
-        "created_at",
-    )
-    times = {
-        "claimed_at",
-        "last_heartbeat",
-        "completed_at",
-        "recovered_at",
-        "stale_since",
-        "created_at",
-    }
+def _ts(dt: Any) -> float | None:
+    return None if dt is None else float(dt.timestamp())
+
+
+def item_detail(i: Any) -> str:
+    fields: list[tuple[str, Any]] = [
+        ("work_item_id", i.work_item_id),
+        ("status", item_state(i)),
+        ("blocked", blocked_reason(i) if i.blocked else None),
+        ("after", ", ".join(i.after) or None),
+        ("priority", i.priority),
+        ("work_type", i.work_type),
+        ("team", i.team),
+        ("description", i.description),
+        ("agent_id", i.agent_id),
+        ("lease", i.lease),
+        ("progress", i.progress),
+        ("stage", i.stage),
+        ("claimed_at", i.claimed_at),
+        ("last_heartbeat", i.last_heartbeat),
+        ("completed_at", i.completed_at),
+        ("result", i.result),
+        ("velocity_points", i.velocity_points),
+        ("retry_count", i.retry_count),
+        ("recovery_reason", i.recovery_reason),
+        ("recovered_at", i.recovered_at),
+        ("recovered_from", i.recovered_from),
+        ("stale_since", i.stale_since),
+        ("stale_after", None if i.stale_after_seconds is None else f"{i.stale_after_seconds:g}s"),
+        ("created_at", i.created_at),
+    ]
     lines = []
-    for key in order:
-        value = i.get(key)
+    for key, value in fields:
         if value is None:
             continue
-        if key in times:
-            value = f"{iso(value)} ({age(value)} ago)"
+        if hasattr(value, "timestamp"):
+            value = f"{iso(_ts(value))} ({age(_ts(value))} ago)"
         lines.append(f"{key + ':':17} {value}")
-    for key, value in (i.get("legacy") or {}).items():
-        lines.append(f"{key + ':':17} {value}  (legacy)")
     return "\n".join(lines)

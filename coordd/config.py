@@ -84,7 +84,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ai_cache_ttl: float = 300.0  # seconds an analysis answer is reused; 0 turns the cache off
     ai_models: dict[str, str] = {}  # Ollama model per analysis (file only), e.g. priorities
     # operations
-    metrics_listen: str = "127.0.0.1:9641"
+    # None: the default address (127.0.0.1:9641) when it is free; "" : off. An address
+    # given here must be bound, or the start stops (see daemon/metrics.py).
+    metrics_listen: str | None = None
     log_format: str = "auto"
     log_level: str = "info"
     # clients
@@ -118,11 +120,13 @@ def _fill_paths(cfg: Config) -> Config:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for legacy, key in LEGACY_ENV.items():
+        # The old script read these as ${VAR:-default}: empty means unset, as before.
         if env.get(legacy):
             out[key] = env[legacy]
     for field in msgspec.structs.fields(Config):
         name = "COORDD_" + field.name.upper()
-        if field.name not in ("work_types", "ai_models") and env.get(name):
+        # Set is set, even to "": COORDD_METRICS_LISTEN= turns metrics off, as documented.
+        if field.name not in ("work_types", "ai_models") and name in env:
             out[field.name] = env[name]
     # The Anthropic SDK's own variables, so a Claude user sets nothing new.
     if env.get("ANTHROPIC_API_KEY") and "anthropic_api_key" not in out:

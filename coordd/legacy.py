@@ -231,6 +231,7 @@ class _Importer:
             stale_after=_float_or_none(row.get("stale_after")),
             stale_since=parse_time(row.get("stale_since")),
             created_at=parse_time(row.get("created_at")) or claimed_at or self.now,
+            after=[str(d) for d in row["after"]] if isinstance(row.get("after"), list) else None,
             legacy=legacy or None,
         )
 

@@ -38,6 +38,9 @@ Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LEN)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# The items a new one waits for (``--after``); a handful in practice.
+MAX_AFTER = 100
+After = Annotated[list[Id], msgspec.Meta(max_length=MAX_AFTER)]
 
 # The closed vocabularies are the enums of ``coordd.kinds``: the decoder refuses any
 # other string with "Invalid enum value", as it did when they were Literals here.
@@ -113,7 +116,8 @@ class HeartbeatBatch(Request, tag="heartbeat_batch"):
 
 
 class Add(Request, tag="add"):
-    """Put a pending item in the backlog: ``coordctl add``."""
+    """Put a pending item in the backlog: ``coordctl add``. With ``after`` it is
+    blocked until each of those items completes with result ``success``."""
 
     work_type: Id
     description: Text
@@ -121,10 +125,12 @@ class Add(Request, tag="add"):
     team: Id = ""
     work_item_id: Id | None = None
     stale_after: Seconds | None = None
+    after: After | None = None
 
 
 class Claim(Request, tag="claim"):
-    """Create an item and claim it at once (the old script's ``claim``)."""
+    """Create an item and claim it at once (the old script's ``claim``); refused
+    (``conflict``) while an item named in ``after`` has not completed with success."""
 
     agent_id: Id
     work_type: Id
@@ -133,6 +139,7 @@ class Claim(Request, tag="claim"):
     team: Id = ""
     work_item_id: Id | None = None
     stale_after: Seconds | None = None
+    after: After | None = None
 
 
 class ClaimNext(Request, tag="claim_next"):
@@ -183,6 +190,7 @@ class List(Request, tag="list"):
     agent_id: Id | None = None
     work_type: Id | None = None
     limit: Count = 1000
+    ready: bool = False  # only pending items no dependency blocks (claimable now)
 
 
 class Show(Request, tag="show"):
@@ -214,7 +222,10 @@ class RecoverStale(Request, tag="recover_stale"):
 
 
 class Freshness(Request, tag="freshness"):
-    """Fresh / potentially stale / stale counts and the stale items: the dashboard."""
+    """Fresh / potentially stale / stale counts, the stale items, and the ``limit``
+    active items worst first (silence over threshold): the dashboard."""
+
+    limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
 
 
 # --- AI analyses (control socket only; answered when the provider is done) -----

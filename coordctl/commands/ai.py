@@ -20,7 +20,7 @@ import msgspec
 from coordctl import render
 from coordctl.base import Ctx, call, command, emit, fail
 from coordctl.client import EXIT_REFUSED, Client, Refused, Unreachable
-from coordd import protocol
+from coordd import protocol, views
 
 TOP = 5  # findings shown per section to a person; --json shows everything
 MARGIN = 5.0  # seconds beyond the daemon's own deadline for the reply to travel
@@ -37,16 +37,20 @@ def ai_ctx(ctx: Ctx) -> Ctx:
 
 
 def run_analysis(ctx: Ctx, req: protocol.Request, as_json: bool, human: Any) -> None:
-    """Call, render, and exit 1 when the analysis failed."""
+    """Call, render; an analysis that failed is a refusal (exit 1, ``ai_failed``)."""
     result = call(ai_ctx(ctx), req)
-    if as_json:
-        emit(True, result, str)
-    elif result["ok"]:
-        click.echo(_header(result) + "\n" + human(result["result"]))
     if not result["ok"]:
-        if as_json:
-            sys.exit(EXIT_REFUSED)
-        fail(_failure_line(result), EXIT_REFUSED)
+        err = result.get("error") or {}
+        attempts = [msgspec.convert(a, views.Attempt) for a in result.get("fallbacks") or ()]
+        fail(
+            _failure_line(result),
+            EXIT_REFUSED,
+            err.get("code") or "ai_failed",
+            fallbacks=attempts,
+            raw=err.get("raw"),
+        )
+    view = views.ai_result_view(result)
+    emit(as_json, view, lambda v: _header(result) + "\n" + human(result["result"]))
 
 
 def _header(r: dict[str, Any]) -> str:
@@ -207,22 +211,22 @@ def _stdin_data() -> Any:
 @command("ai-status")
 def ai_status(ctx: Ctx, as_json: bool) -> None:
     """AI providers: which is used, reachable, installed models, cache (sends AiStatus)."""
-    emit(as_json, call(ai_ctx(ctx), protocol.AiStatus()), status_text)
+    emit(as_json, views.ai_status_view(call(ai_ctx(ctx), protocol.AiStatus())), status_text)
 
 
-def status_text(s: dict[str, Any]) -> str:
-    lines = [f"provider: {s['provider']} (timeout {s['timeout']:g}s)"]
-    for name, p in s["providers"].items():
-        used = "" if p["used"] else " (not used)"
-        if p["reachable"]:
-            models = ", ".join(p.get("models") or []) or "none installed"
-            missing = "" if p.get("model_installed", True) else " (NOT installed)"
-            lines.append(f"{name}{used}: reachable, model {p['model']}{missing}; models: {models}")
+def status_text(s: views.AiStatusView) -> str:
+    lines = [f"provider: {s.provider} (timeout {s.timeout_seconds:g}s)"]
+    for name, p in s.providers.items():
+        used = "" if p.used else " (not used)"
+        if p.reachable:
+            models = ", ".join(p.models or []) or "none installed"
+            missing = "" if p.model_installed in (None, True) else " (NOT installed)"
+            lines.append(f"{name}{used}: reachable, model {p.model}{missing}; models: {models}")
         else:
-            lines.append(f"{name}{used}: unusable ({p['error']}): {p['detail']}")
-    c = s["cache"]
-    lines.append(f"cache: {c['entries']} answer(s), ttl {c['ttl']:g}s")
-    counters = s.get("counters") or {}
+            lines.append(f"{name}{used}: unusable ({p.error}): {p.detail}")
+    c = s.cache
+    lines.append(f"cache: {c.entries} answer(s), ttl {c.ttl_seconds:g}s")
+    counters = s.counters
     if counters:
         lines.append("counters: " + ", ".join(f"{k} {v:g}" for k, v in sorted(counters.items())))
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -12,6 +11,7 @@ import zmq
 from coordctl import render
 from coordctl.base import Ctx, command, fail
 from coordctl.client import EXIT_UNREACHABLE
+from coordd import views
 from coordd.core.model import Event
 
 
@@ -32,7 +32,7 @@ def _event_line(ev: Event) -> str:
 @click.option("--count", type=click.IntRange(min=1), help="Exit after N events.")
 @click.option("--event", "names", multiple=True, help="Only these events (repeatable).")
 def events(ctx: Ctx, count: int | None, names: tuple[str, ...], as_json: bool) -> None:
-    """Follow the daemon's event stream (SUB on events_endpoint), one line per event."""
+    """Follow what happens (claims, stale items, recoveries...), one line per event."""
     endpoint = ctx.cfg.events_endpoint
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
         # A SUB socket would wait forever in silence; say what is wrong instead.
@@ -49,7 +49,7 @@ def events(ctx: Ctx, count: int | None, names: tuple[str, ...], as_json: bool) -
             _name, payload = sock.recv_multipart()
             ev = decoder.decode(payload)
             if as_json:
-                click.echo(json.dumps(msgspec.to_builtins(ev), sort_keys=True))
+                click.echo(msgspec.json.encode(views.event_view(ev)))
             else:
                 click.echo(_event_line(ev))
             seen += 1

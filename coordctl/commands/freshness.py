@@ -8,14 +8,15 @@ coordctl these parse, call and render; the rules are in ``coordd.core.rules``.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import click
+import msgspec
 
 from coordctl import render
 from coordctl.base import PRIORITY, RECOVERY, Ctx, call, command, coordination_dir, emit
@@ -25,10 +26,10 @@ from coordctl.commands.ai import (
     apply_claim_recommendation,
     provider_summary,
 )
-from coordctl.commands.heartbeat import heartbeat_daemon_status, pid_path, start_heartbeater
+from coordctl.commands.heartbeat import heartbeater_view, pid_path, start_heartbeater
 from coordctl.commands.items import claim_item, claimed_line
 from coordctl.heartbeater import pid_alive, read_pid
-from coordd import protocol
+from coordd import protocol, views
 
 REPORT_NAME = "stale_work_report.json"
 
@@ -45,18 +46,19 @@ def _write_atomically(path: Path, text: str) -> None:
 # --- check-stale / recover-stale ---------------------------------------------------
 
 
-def _stale_table(entries: list[dict[str, Any]]) -> str:
+def _stale_table(entries: list[views.StaleEntry]) -> str:
+    short = render.short_ids([e.work_item_id for e in entries])
     return render.table(
         ("ID", "AGENT", "TYPE", "SILENT", "THRESHOLD", "STRATEGY", "DESCRIPTION"),
         [
             (
-                e["work_item_id"],
-                e["agent_id"],
-                e["work_type"],
-                render.duration(e["silent_for"]),
-                f"{e['threshold']:g}s",
-                e["strategy"],
-                e["description"],
+                short[e.work_item_id],
+                e.agent_id,
+                e.work_type,
+                render.duration(e.silent_seconds),
+                f"{e.threshold_seconds:g}s",
+                e.strategy,
+                e.description,
             )
             for e in entries
         ],
@@ -65,38 +67,32 @@ def _stale_table(entries: list[dict[str, Any]]) -> str:
 
 @command("check-stale")
 def check_stale(ctx: Ctx, as_json: bool) -> None:
-    """List stale items and write stale_work_report.json (sends CheckStale).
+    """List the items whose agent went silent, and write stale_work_report.json.
 
     Exit 0 when nothing is stale, 5 when some items are.
     """
-    data = to_builtins(call(ctx, protocol.CheckStale()))
-    stale = data["stale"]
-    report = {
-        "generated_at": render.iso(data["now"]),
-        "stale_count": len(stale),
-        "stale_items": stale,
-    }
+    report = views.stale_report(call(ctx, protocol.CheckStale()))
     path = coordination_dir(ctx) / REPORT_NAME
-    _write_atomically(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    _write_atomically(path, views.encode(report).decode() + "\n")
     emit(
         as_json,
         report,
         lambda r: (
-            f"{r['stale_count']} stale item(s) (report: {path})\n" + _stale_table(stale)
-            if stale
+            f"{r.stale_count} stale item(s) (report: {path})\n" + _stale_table(r.items)
+            if r.items
             else f"no stale items (report: {path})"
         ),
     )
-    sys.exit(EXIT_STALE_FOUND if stale else 0)
+    sys.exit(EXIT_STALE_FOUND if report.items else 0)
 
 
-def _recovery_line(r: dict[str, Any]) -> str:
-    verb = r["strategy"] if r["applied"] else f"would {r['strategy']}"
-    if r["strategy"] == "none":
+def _recovery_line(r: views.RecoveryView) -> str:
+    verb = r.strategy if r.applied else f"would {r.strategy}"
+    if r.strategy == "none":
         verb = "left alone (strategy none)"
     return (
-        f"{verb} {r['work_item_id']} (agent {r['agent_id'] or '-'},"
-        f" silent {render.duration(r['silent_for'])}, threshold {r['threshold']:g}s)"
+        f"{verb} {r.work_item_id} (agent {r.agent_id or '-'},"
+        f" silent {render.duration(r.silent_seconds)}, threshold {r.threshold_seconds:g}s)"
     )
 
 
@@ -107,7 +103,7 @@ def _recovery_line(r: dict[str, Any]) -> str:
 def recover_stale(
     ctx: Ctx, strategy: str, dry_run: bool, work_item_id: str | None, as_json: bool
 ) -> None:
-    """Recover stale items now (sends RecoverStale; control socket only).
+    """Recover stale items now: hand them back, retry them or fail them (operators).
 
     retry past max_retries becomes the configured escalation (default fail).
     """
@@ -119,74 +115,94 @@ def recover_stale(
     )
     emit(
         as_json,
-        data,
-        lambda rows: (
-            "\n".join(_recovery_line(r) for r in to_builtins(rows)) if rows else "no stale items"
-        ),
+        views.recovery_list(to_builtins(data)),
+        lambda v: "\n".join(_recovery_line(r) for r in v.items) if v.items else "no stale items",
     )
 
 
 # --- the dashboard ---------------------------------------------------------------------
 
 
-def _dashboard(ctx: Ctx) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def dashboard_data(ctx: Ctx, limit: int = 200) -> views.DashboardView:
+    data = to_builtins(call(ctx, protocol.Freshness(limit=limit)))
+    return views.dashboard_view(data, heartbeater_view(pid_path(ctx)))
 
-    data = to_builtins(call(ctx, protocol.Freshness()))
-    d = data["dashboard"]
-    summary = Text.assemble(
-        ("coordd freshness", "bold"),
-        f"  {render.iso(data['now'])}  threshold {data['stale_threshold']:g}s,"
-        f" recovery {data['recovery']}\n",
-        f"active {d['active']}   ",
-        (f"fresh {d['fresh']}", "green"),
-        "   ",
-        (f"potentially stale {d['potentially_stale']}", "yellow"),
-        f" (silent > {d['warn_ratio']:.0%} of threshold)   ",
-        (f"stale {d['stale']}", "red" if d["stale"] else "green"),
-        f"\nheartbeat daemon: {heartbeat_daemon_status(pid_path(ctx))}",
-        f"\nAI provider: {provider_summary(ctx)}",
-    )
-    parts: list[Any] = [summary]
-    if d["stale_items"]:
-        table = Table("ID", "AGENT", "TYPE", "SILENT", "THRESHOLD", "STRATEGY", title="stale items")
-        for e in d["stale_items"]:
-            table.add_row(
-                e["work_item_id"],
-                e["agent_id"] or "-",
-                e["work_type"],
-                render.duration(e["silent_for"]),
-                f"{e['threshold']:g}s",
-                e["strategy"],
+
+BAR = 10  # characters of the silence / threshold bar
+
+
+def _bar(row: views.DashboardRow) -> str:
+    share = row.silent_seconds / row.threshold_seconds if row.threshold_seconds else 1.0
+    filled = min(BAR, round(share * BAR))
+    return "#" * filled + "." * (BAR - filled)
+
+
+def _heartbeater_line(h: views.HeartbeaterView) -> str:
+    if h.running:
+        return f"running (pid {h.pid})"
+    return "not running" if h.pid is None else f"not running (stale pid file for pid {h.pid})"
+
+
+def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) -> str:
+    """The dashboard as lines fitted to ``width`` x ``height``: counts, then the active
+    items worst first (silence as a share of the threshold), as many as fit."""
+    head = [
+        f"coordd freshness  {render.iso(d.generated_at.timestamp())}"
+        f"  threshold {d.stale_threshold_seconds:g}s, recovery {d.recovery}",
+        f"active {d.active}: {d.fresh} fresh, {d.potentially_stale} potentially stale"
+        f" (>{d.warn_ratio:.0%}), {d.stale} stale; {d.blocked} blocked",
+        f"heartbeat daemon: {_heartbeater_line(d.heartbeater)}",
+        f"AI provider: {provider_summary(ctx)}",
+    ]
+    room = max(0, height - len(head) - 2)
+    rows = d.items[:room]
+    short = render.short_ids([r.work_item_id for r in rows])
+    body = render.table(
+        ("ID", "SILENT/THRESHOLD", "", "AGENT", "PROG", "STAGE"),
+        [
+            (
+                short[r.work_item_id],
+                _bar(r),
+                f"{render.duration(r.silent_seconds)}/{r.threshold_seconds:g}s"
+                + (" STALE" if r.freshness == "stale" else ""),
+                r.agent_id,
+                f"{r.progress}%",
+                r.stage,
             )
-        parts.append(table)
-    return Group(*parts)
+            for r in rows
+        ],
+    )
+    lines = head + ([""] + body.splitlines() if rows else ["", "no active items"])
+    if len(d.items) > len(rows):
+        lines.append(f"... {len(d.items) - len(rows)} more (--json for all)")
+    return "\n".join(line[:width] for line in lines)
 
 
 @command("freshness-dashboard")
 @click.option("--watch", type=float, help="Redraw in place every SECONDS until Ctrl-C.")
 def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
-    """Active, fresh, potentially stale and stale counts (sends Freshness)."""
+    """The active items, worst first: how long each agent has been silent."""
+    if as_json:
+        emit(True, dashboard_data(ctx), str)
+        return
+    size = shutil.get_terminal_size((80, 24))
+    if watch is None:
+        click.echo(dashboard_text(ctx, dashboard_data(ctx), size.columns, size.lines))
+        return
     from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
-    if as_json:
-        data = to_builtins(call(ctx, protocol.Freshness()))
-        data["heartbeat_daemon"] = heartbeat_daemon_status(pid_path(ctx))
-        data["ai_provider"] = provider_summary(ctx)
-        emit(True, data, str)
-        return
     console = Console()
-    if watch is None:
-        console.print(_dashboard(ctx))
-        return
+
+    def frame() -> Text:
+        return Text(dashboard_text(ctx, dashboard_data(ctx), console.width, console.height))
+
     try:
-        with Live(_dashboard(ctx), console=console, auto_refresh=False) as live:
+        with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(watch)
-                live.update(_dashboard(ctx), refresh=True)
+                live.update(frame(), refresh=True)
     except KeyboardInterrupt:
         pass
 
@@ -213,11 +229,11 @@ def claim_enhanced(
     respect_ai: bool,
     as_json: bool,
 ) -> None:
-    """Check staleness and warn, ask the AI, claim, start the heartbeater.
+    """Claim with advice: warn about stale work, ask the AI, claim, keep it alive.
 
-    Sends CheckStale, AiRecommendClaim, Claim. The AI's suggested priority is applied;
-    its "don't claim" is shown and obeyed only with --respect-ai (exit 7)."""
-    stale = to_builtins(call(ctx, protocol.CheckStale()))["stale"]
+    The AI's suggested priority is applied; its "don't claim" is shown, and obeyed
+    only with --respect-ai (exit 7). Then the heartbeater is started if none runs."""
+    stale = call(ctx, protocol.CheckStale())["stale"]
     if stale:
         click.echo(f"warning: {len(stale)} stale item(s); see `coordctl check-stale`", err=True)
     advice = ai_claim_recommendation(ctx, work_type, description, priority, team)
@@ -225,28 +241,25 @@ def claim_enhanced(
     if not proceed:
         sys.exit(EXIT_AI_DECLINED)
     item = claim_item(ctx, agent, work_type, description, priority, team, None, stale_after)
-    agent_id = item["agent_id"]
+    agent_id = item.agent_id or ""
     running = read_pid(str(pid_path(ctx)))
     if running is not None and pid_alive(running):
         heartbeat = f"heartbeat daemon already running (pid {running})"
+        hb = views.HeartbeaterView(running=True, pid=running)
     else:
-        heartbeat = f"heartbeat daemon started (pid {start_heartbeater(ctx, agent_id)})"
-    out = {
-        "item": item,
-        "stale_count": len(stale),
-        "heartbeat": heartbeat,
-        "ai_recommendation": advice,
-    }
+        pid = start_heartbeater(ctx, agent_id)
+        heartbeat = f"heartbeat daemon started (pid {pid})"
+        hb = views.HeartbeaterView(running=True, pid=pid, agent_id=agent_id)
+    out = views.ClaimEnhancedView(
+        item=item,
+        stale_count=len(stale),
+        heartbeater=hb,
+        ai_recommendation=None if advice is None else msgspec.convert(advice, views.ClaimAdvice),
+    )
     emit(
         as_json,
         out,
-        lambda o: "\n".join(
-            [
-                claimed_line(o["item"]),
-                o["heartbeat"],
-                _advice_line(o["ai_recommendation"]),
-            ]
-        ),
+        lambda o: "\n".join([claimed_line(o.item), heartbeat, _advice_line(advice)]),
     )
 
 

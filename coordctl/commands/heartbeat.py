@@ -17,7 +17,7 @@ import click
 from coordctl.base import Ctx, call, command, coordination_dir, emit, fail
 from coordctl.client import EXIT_REFUSED
 from coordctl.heartbeater import pid_alive, read_pid
-from coordd import protocol
+from coordd import protocol, views
 
 PID_NAME = "heartbeat_daemon.pid"
 HEARTBEAT_LOG_NAME = "heartbeat_daemon.log"
@@ -36,7 +36,7 @@ def heartbeat(
     progress_: int | None,
     as_json: bool,
 ) -> None:
-    """Heartbeat an agent (all its items) or one item (sends Heartbeat with ack)."""
+    """Tell coordd an agent (all its items) or one item is alive, now."""
     agent_id = ctx.required_agent(agent)
     data = call(
         ctx,
@@ -44,7 +44,11 @@ def heartbeat(
             agent_id=agent_id, work_item_id=work, lease=lease, progress=progress_, ack=True
         ),
     )
-    emit(as_json, data, lambda d: f"heartbeat {agent_id}: {d['refreshed']} item(s) refreshed")
+    emit(
+        as_json,
+        views.heartbeat_view(data),
+        lambda d: f"heartbeat {agent_id}: {d.refreshed} item(s) refreshed",
+    )
 
 
 def pid_path(ctx: Ctx) -> Path:
@@ -59,6 +63,12 @@ def heartbeat_daemon_status(pid_file: Path) -> str:
     if pid_alive(pid):
         return f"running (pid {pid})"
     return f"not running (stale pid file for pid {pid})"
+
+
+def heartbeater_view(pid_file: Path) -> views.HeartbeaterView:
+    """The heartbeater as data: running or not, and its pid (from its pid file)."""
+    pid = read_pid(str(pid_file))
+    return views.HeartbeaterView(running=pid is not None and pid_alive(pid), pid=pid)
 
 
 def _clean_dead_pid_file(pid_file: Path) -> None:
@@ -131,10 +141,11 @@ def heartbeat_start(
     """
     agent_id = ctx.required_agent(agent)
     pid = start_heartbeater(ctx, agent_id, work_item_id, lease)
+    interval = ctx.cfg.heartbeat_interval
     emit(
         as_json,
-        {"pid": pid, "agent_id": agent_id, "interval": ctx.cfg.heartbeat_interval},
-        lambda d: f"heartbeat daemon started for {agent_id} (pid {pid}, every {d['interval']:g}s)",
+        views.HeartbeaterView(running=True, pid=pid, agent_id=agent_id),
+        lambda d: f"heartbeat daemon started for {agent_id} (pid {pid}, every {interval:g}s)",
     )
 
 
@@ -145,7 +156,8 @@ def heartbeat_stop(ctx: Ctx, as_json: bool) -> None:
     _clean_dead_pid_file(pid_file)
     pid = read_pid(str(pid_file))
     if pid is None:
-        emit(as_json, {"stopped": None}, lambda _d: "no heartbeat daemon running")
+        stopped = views.HeartbeaterView(running=False, pid=None)
+        emit(as_json, stopped, lambda _d: "no heartbeat daemon running")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -154,7 +166,8 @@ def heartbeat_stop(ctx: Ctx, as_json: bool) -> None:
     if pid_alive(pid):
         fail(f"heartbeat daemon (pid {pid}) did not stop within 10s", EXIT_REFUSED)
     pid_file.unlink(missing_ok=True)  # normally the daemon removed it already
-    emit(as_json, {"stopped": pid}, lambda _d: f"heartbeat daemon stopped (pid {pid})")
+    stopped = views.HeartbeaterView(running=False, pid=pid)
+    emit(as_json, stopped, lambda _d: f"heartbeat daemon stopped (pid {pid})")
 
 
 COMMANDS = [heartbeat, heartbeat_start, heartbeat_stop]

@@ -7,7 +7,6 @@ reply: a table or a line for people, the raw reply with ``--json``.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -16,16 +15,14 @@ import click
 
 from coordctl import render
 from coordctl.base import PRIORITY, STATUS, Ctx, call, command, emit, fail
-from coordctl.client import EXIT_REFUSED, to_builtins
-from coordd import protocol
+from coordctl.client import EXIT_REFUSED
+from coordd import protocol, views
+from coordd.views import ItemView
 
 
-def claimed_line(i: dict[str, Any]) -> str:
-    team = f", team {i['team']}" if i.get("team") else ""
-    return (
-        f"claimed {i['work_item_id']} for {i['agent_id']} (lease {i['lease']},"
-        f" {i['priority']}{team})"
-    )
+def claimed_line(i: ItemView) -> str:
+    team = f", team {i.team}" if i.team else ""
+    return f"claimed {i.work_item_id} for {i.agent_id} (lease {i.lease}, {i.priority}{team})"
 
 
 @command()
@@ -36,6 +33,9 @@ def claimed_line(i: dict[str, Any]) -> str:
 @click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
 @click.option("--id", "work_item_id", help="Use this work item id instead of work_<ns>.")
 @click.option("--stale-after", type=float, help="This item's staleness threshold in seconds.")
+@click.option(
+    "--after", multiple=True, metavar="ID", help="Only if item ID succeeded (repeatable)."
+)
 def claim(
     ctx: Ctx,
     work_type: str,
@@ -45,10 +45,13 @@ def claim(
     agent: str | None,
     work_item_id: str | None,
     stale_after: float | None,
+    after: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Create a work item and claim it at once (sends Claim)."""
-    data = claim_item(ctx, agent, work_type, description, priority, team, work_item_id, stale_after)
+    """Create a work item and claim it now, as the acting agent."""
+    data = claim_item(
+        ctx, agent, work_type, description, priority, team, work_item_id, stale_after, after
+    )
     emit(as_json, data, claimed_line)
 
 
@@ -61,7 +64,8 @@ def claim_item(
     team: str,
     work_item_id: str | None = None,
     stale_after: float | None = None,
-) -> dict[str, Any]:
+    after: tuple[str, ...] = (),
+) -> ItemView:
     """Send Claim as the given agent, else $AGENT_ID, else a new ``agent_<ns>`` (the old
     script's default); the claimed item as plain data."""
     agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
@@ -73,8 +77,9 @@ def claim_item(
         team=team,
         work_item_id=work_item_id,
         stale_after=stale_after,
+        after=list(after) or None,
     )
-    return cast(dict[str, Any], to_builtins(call(ctx, req)))
+    return views.item_view(call(ctx, req))
 
 
 @command("claim-next")
@@ -90,7 +95,7 @@ def claim_next(
     work_item_id: str | None,
     as_json: bool,
 ) -> None:
-    """Take the most urgent pending item (sends ClaimNext). Exit 3 when none."""
+    """Take the most urgent ready item (exit 3 when there is none)."""
     agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
     data = call(
         ctx,
@@ -98,7 +103,7 @@ def claim_next(
             agent_id=agent_id, work_type=work_type, team=team, work_item_id=work_item_id
         ),
     )
-    emit(as_json, data, claimed_line)
+    emit(as_json, views.item_view(data), claimed_line)
 
 
 @command()
@@ -108,6 +113,12 @@ def claim_next(
 @click.argument("team", required=False, default="")
 @click.option("--id", "work_item_id", help="Use this work item id instead of work_<ns>.")
 @click.option("--stale-after", type=float, help="This item's staleness threshold in seconds.")
+@click.option(
+    "--after",
+    multiple=True,
+    metavar="ID",
+    help="Blocked until item ID completes with success (repeatable).",
+)
 def add(
     ctx: Ctx,
     work_type: str,
@@ -116,9 +127,10 @@ def add(
     team: str,
     work_item_id: str | None,
     stale_after: float | None,
+    after: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Put a pending item in the backlog (sends Add)."""
+    """Put a new item in the backlog, to be claimed later (--after: once others succeed)."""
     data = call(
         ctx,
         protocol.Add(
@@ -128,9 +140,15 @@ def add(
             team=team,
             work_item_id=work_item_id,
             stale_after=stale_after,
+            after=list(after) or None,
         ),
     )
-    emit(as_json, data, lambda i: f"added {i['work_item_id']} ({i['priority']}, pending)")
+    emit(as_json, views.item_view(data), added_line)
+
+
+def added_line(i: ItemView) -> str:
+    waits = f", {render.blocked_reason(i)}" if i.blocked else ""
+    return f"added {i.work_item_id} ({i.priority}, {render.item_state(i)}{waits})"
 
 
 holder_options = [
@@ -159,7 +177,7 @@ def progress(
     lease: int | None,
     as_json: bool,
 ) -> None:
-    """Report progress 0-100 on a held item (sends Progress)."""
+    """Report how far a held item is (0-100), with an optional stage name."""
     data = call(
         ctx,
         protocol.Progress(
@@ -170,7 +188,7 @@ def progress(
             status=status,
         ),
     )
-    emit(as_json, data, lambda i: f"{i['work_item_id']} at {i['progress']}%")
+    emit(as_json, views.item_view(data), lambda i: f"{i.work_item_id} at {i.progress}%")
 
 
 @command()
@@ -187,7 +205,7 @@ def complete(
     lease: int | None,
     as_json: bool,
 ) -> None:
-    """Finish an item with a result and velocity points (sends Complete)."""
+    """Finish a held item with a result (default success) and velocity points."""
     data = call(
         ctx,
         protocol.Complete(
@@ -200,11 +218,10 @@ def complete(
     )
     emit(
         as_json,
-        data,
+        views.item_view(data),
         lambda i: (
-            f"completed {i['work_item_id']}: {i['result']}"
-            f" (+{i['velocity_points']} velocity for"
-            f" {i['team'] or 'no team'})"
+            f"completed {i.work_item_id}: {i.result}"
+            f" (+{i.velocity_points} velocity for {i.team or 'no team'})"
         ),
     )
 
@@ -215,11 +232,11 @@ def complete(
 def release(
     ctx: Ctx, work_item_id: str, agent: str | None, lease: int | None, as_json: bool
 ) -> None:
-    """Give a held item back to the backlog (sends Release)."""
+    """Give a held item back to the backlog for another agent."""
     data = call(
         ctx, protocol.Release(work_item_id=work_item_id, agent_id=ctx.agent_id(agent), lease=lease)
     )
-    emit(as_json, data, lambda i: f"released {i['work_item_id']} (pending)")
+    emit(as_json, views.item_view(data), lambda i: f"released {i.work_item_id} (pending)")
 
 
 @command()
@@ -230,7 +247,7 @@ def release(
 def register(
     ctx: Ctx, agent: str | None, team: str, capacity: int, specialization: str, as_json: bool
 ) -> None:
-    """Register an agent (sends Register). AGENT defaults to $AGENT_ID."""
+    """Register an agent with its team and capacity (AGENT defaults to $AGENT_ID)."""
     agent_id = ctx.required_agent(agent)
     data = call(
         ctx,
@@ -238,7 +255,9 @@ def register(
             agent_id=agent_id, team=team, capacity=capacity, specialization=specialization
         ),
     )
-    emit(as_json, data, lambda a: f"registered {a['agent_id']} (team {a['team'] or '-'})")
+    emit(
+        as_json, views.agent_view(data), lambda a: f"registered {a.agent_id} (team {a.team or '-'})"
+    )
 
 
 @command("list")
@@ -247,6 +266,7 @@ def register(
 @click.option("--agent", "agent_id")
 @click.option("--type", "work_type")
 @click.option("--limit", type=click.IntRange(min=1), default=1000)
+@click.option("--ready", is_flag=True, help="Only items that can be claimed now.")
 def list_(
     ctx: Ctx,
     status: str | None,
@@ -254,80 +274,94 @@ def list_(
     agent_id: str | None,
     work_type: str | None,
     limit: int,
+    ready: bool,
     as_json: bool,
 ) -> None:
-    """List work items, filtered (sends List)."""
+    """List work items, filtered by status, team, agent or type."""
     data = call(
         ctx,
         protocol.List(
-            status=status, team=team, agent_id=agent_id, work_type=work_type, limit=limit
+            status=status,
+            team=team,
+            agent_id=agent_id,
+            work_type=work_type,
+            limit=limit,
+            ready=ready,
         ),
     )
-    emit(as_json, data, lambda items: render.item_rows(items) if items else "no work items")
+    emit(
+        as_json,
+        views.item_list(data),
+        lambda v: render.item_rows(v.items) if v.items else "no work items",
+    )
 
 
 @command()
 @click.argument("work_item_id")
 def show(ctx: Ctx, work_item_id: str, as_json: bool) -> None:
-    """Everything about one work item (sends Show)."""
-    emit(as_json, call(ctx, protocol.Show(work_item_id=work_item_id)), render.item_detail)
+    """Everything about one work item, and what it waits for."""
+    data = call(ctx, protocol.Show(work_item_id=work_item_id))
+    emit(as_json, views.item_view(data), render.item_detail)
 
 
 @command()
 def agents(ctx: Ctx, as_json: bool) -> None:
-    """Registered agents with their workload (sends Agents)."""
+    """Registered agents with their team, workload and last heartbeat."""
 
-    def human(rows: list[dict[str, Any]]) -> str:
-        if not rows:
+    def human(v: views.AgentList) -> str:
+        if not v.items:
             return "no agents"
         return render.table(
             ("AGENT", "TEAM", "SPECIALIZATION", "CAPACITY", "WORKLOAD", "DONE", "LAST HEARTBEAT"),
             [
                 (
-                    a["agent_id"],
-                    a["team"] or "-",
-                    a["specialization"] or "-",
-                    a["capacity"],
-                    a["current_workload"],
-                    a["tasks_completed"],
-                    render.ago(a.get("last_heartbeat")),
+                    a.agent_id,
+                    a.team,
+                    a.specialization,
+                    a.capacity,
+                    a.current_workload,
+                    a.tasks_completed,
+                    render.ago(a.last_heartbeat.timestamp() if a.last_heartbeat else None),
                 )
-                for a in rows
+                for a in v.items
             ],
         )
 
-    emit(as_json, call(ctx, protocol.Agents()), human)
+    emit(as_json, views.agent_list(call(ctx, protocol.Agents())), human)
 
 
 @command()
 def status(ctx: Ctx, as_json: bool) -> None:
-    """Daemon health and counts (sends Status)."""
+    """Is coordd up: health, counts, thresholds, sockets, metrics."""
 
-    def human(s: dict[str, Any]) -> str:
-        c = s["counts"]
-        health = s["health"] + (f" ({s['degraded_reason']})" if s.get("degraded_reason") else "")
+    def human(s: views.StatusView) -> str:
+        c, m = s.counts, s.metrics
+        health = s.health + (f" ({s.degraded_reason})" if s.degraded_reason else "")
+        why = {"address_in_use": "address in use"}.get(m.reason or "", m.reason)
+        metrics = f"on ({m.listen})" if m.state == "on" else f"off ({why})"
         return "\n".join(
             [
-                f"coordd {s['version']} pid {s['pid']},"
-                f" up {render.duration(s['uptime'])}: {health}",
-                f"items: {c['items']} ({c['pending']} pending, {c['active']} active,"
-                f" {c['stale']} stale, {c['completed']} completed, {c['failed']} failed)",
-                f"agents: {c['agents']}",
-                f"stale threshold {s['stale_threshold']:g}s, recovery {s['recovery']}",
-                f"control socket {s['control_socket']}",
-                f"agent endpoint {s['agent_endpoint']}",
+                f"coordd {s.version} pid {s.pid}, up {render.duration(s.uptime_seconds)}: {health}",
+                f"items: {c.items} ({c.pending} pending of which {c.blocked} blocked,"
+                f" {c.active} active,"
+                f" {c.stale} stale, {c.completed} completed, {c.failed} failed)",
+                f"agents: {c.agents}",
+                f"stale threshold {s.stale_threshold_seconds:g}s, recovery {s.recovery}",
+                f"control socket {s.control_socket}",
+                f"agent endpoint {s.agent_endpoint}",
+                f"metrics: {metrics}",
             ]
         )
 
-    emit(as_json, call(ctx, protocol.Status()), human)
+    emit(as_json, views.status_view(call(ctx, protocol.Status())), human)
 
 
 @command()
 @click.option("--wait/--no-wait", default=True, help="Wait until the snapshot is on disk.")
 def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
-    """Write a snapshot now (sends Snapshot; the daemon forks a writer).
+    """Write a snapshot of the state to disk now.
 
-    With --wait (the default) polls Status until that snapshot is done; exit 1 if it failed.
+    With --wait (the default) returns when it is on disk; exit 1 if it failed.
     """
     data = call(ctx, protocol.Snapshot())
     # A snapshot already running holds older state: wait for the one after it.
@@ -342,19 +376,19 @@ def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
         if wait:
             fail("the snapshot did not finish in time; see `coordctl status`", EXIT_REFUSED)
 
-    def human(d: dict[str, Any]) -> str:
-        if "ok" not in d:
+    def human(d: views.SnapshotView) -> str:
+        if d.ok is None:
             return "snapshot requested"
-        if not d["ok"]:
-            return f"snapshot failed: {d['reason']}"
+        if not d.ok:
+            return f"snapshot failed: {d.reason}"
         return (
-            f"snapshot written: {d['items']} items, {d['bytes']} bytes in {d['seconds']:.3f}s"
-            f" (loop blocked {d['blocked'] * 1000:.1f} ms)"
+            f"snapshot written: {d.items} items, {d.bytes} bytes in {d.duration_seconds:.3f}s"
+            f" (loop blocked {(d.loop_blocked_seconds or 0) * 1000:.1f} ms)"
         )
 
-    emit(as_json, data, human)
     if wait and not data.get("ok"):
-        sys.exit(EXIT_REFUSED)
+        fail(f"snapshot failed: {data.get('reason')}", EXIT_REFUSED, "snapshot_failed")
+    emit(as_json, views.snapshot_view(data), human)
 
 
 COMMANDS = [

@@ -7,13 +7,12 @@ reminder to reload (``systemctl reload coordd`` or ``kill -HUP <pid>``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from coordctl.base import Ctx, fail, json_option
-from coordd import keys
+from coordd import keys, views
 
 RELOAD_HINT = "reload coordd to apply: systemctl reload coordd (or kill -HUP <coordd pid>)"
 
@@ -69,8 +68,8 @@ def list_keys(ctx: Ctx, curve_dir: str | None, as_json: bool) -> None:
     except keys.KeysError as e:
         fail(str(e), 1)
     if as_json:
-        agents = {agent: key for key, agent in allowed.items()}
-        click.echo(json.dumps({"server": server, "allowed": agents}, indent=2, sort_keys=True))
+        agents = dict(sorted((agent, key) for key, agent in allowed.items()))
+        click.echo(views.encode(views.KeysView(server=server, allowed=agents)))
         return
     click.echo(f"server {server}")
     for key, agent in sorted(allowed.items(), key=lambda kv: kv[1]):

@@ -15,6 +15,7 @@ import click
 from coordctl.base import PRIORITY, Ctx, command, fail
 from coordctl.client import EXIT_LEASE_LOST, EXIT_NOTHING_PENDING, EXIT_REFUSED, EXIT_UNREACHABLE
 from coordctl.commands.items import claimed_line
+from coordd import views
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
 
 STOP_GRACE = 5.0  # seconds a command gets between SIGTERM and SIGKILL when its lease is lost
@@ -94,7 +95,7 @@ def _run(sdk: Agent, argv: tuple[str, ...], claim: dict[str, Any]) -> int:
             f"refused ({e.code}): {e.message}",
             EXIT_NOTHING_PENDING if e.code == "nothing_pending" else EXIT_REFUSED,
         )
-    click.echo(claimed_line(lease.item), err=True)
+    click.echo(claimed_line(views.item_view(lease.item)), err=True)
     # Handlers go in before the command starts so no signal slips between the two; one
     # that arrives before the command exists is delivered as soon as it does.
     started: list[subprocess.Popen[bytes]] = []

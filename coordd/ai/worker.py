@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from coordd import views
 from coordd.ai import analyses
 from coordd.ai.base import Provider
 from coordd.ai.claude import ClaudeProvider
@@ -170,9 +171,9 @@ class AiWorker:
         if res.ok and job.save_as:
             path = str(Path(self.settings.save_dir) / job.save_as)
             res = msgspec.structs.replace(res, saved_to=path)
-            await asyncio.to_thread(
-                write_atomic, path, msgspec.json.format(msgspec.json.encode(res))
-            )
+            # The file holds what ``--json`` prints: the published view of the result.
+            saved = views.ai_result_view(msgspec.to_builtins(res))
+            await asyncio.to_thread(write_atomic, path, views.encode(saved) + b"\n")
         out: dict[str, Any] = msgspec.to_builtins(res)
         return out
 

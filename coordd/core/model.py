@@ -85,6 +85,9 @@ class WorkItem(msgspec.Struct, kw_only=True, gc=False):
     stale_after: float | None = None
     stale_since: float | None = None
     created_at: float = 0.0
+    # The items this one waits for (``--after``): it is claimable once each of them has
+    # completed with result ``success``. Whether it waits is derived, never stored.
+    after: list[str] | None = None
     # Fields of an imported legacy item that coordd has no use for, kept verbatim
     # so an export gives them back (reactor_id, estimated_duration, telemetry, ...).
     legacy: dict[str, Any] | None = None

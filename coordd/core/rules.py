@@ -112,6 +112,17 @@ def is_potentially_stale(
     return now - since > warn_ratio * threshold(policy, item)
 
 
+def dependency_met(dep: WorkItem | None) -> bool:
+    """A dependency is met when it completed with result ``success``. One no longer
+    kept (pruned after it finished) counts as met: only finished items are pruned."""
+    return dep is None or (dep.status == Status.COMPLETED and dep.result == "success")
+
+
+def unmet(item: WorkItem, items: dict[str, WorkItem]) -> list[str]:
+    """The dependencies of ``item`` not met yet, in the order they were given."""
+    return [d for d in item.after or () if not dependency_met(items.get(d))]
+
+
 def validate_policy(policy: Policy) -> list[str]:
     """Problems with a policy, each naming the key and the allowed values."""
     allowed = ", ".join(Strategy)

@@ -193,6 +193,32 @@ class State:
             raise UnknownWork(f"no work item {work_item_id!r}")
         return item
 
+    def resolve(self, given: str) -> str:
+        """The full id of the one item ``given`` abbreviates, as coordctl shows ids at 80
+        columns (``work_…731840``: prefix, ``…`` or ``...``, then the tail; or just the
+        tail, 4 characters or more). An exact id is itself. A scan of every id: for
+        operators on the control socket, on a miss only."""
+        if given in self.items:
+            return given
+        head, tail = "", given
+        for sep in ("…", "..."):
+            if sep in given:
+                head, _, tail = given.partition(sep)
+                break
+        if len(tail) < 4:
+            raise UnknownWork(f"no work item {given!r}")
+        found = []
+        for wid in self.items:
+            if wid.endswith(tail) and wid.startswith(head):
+                found.append(wid)
+                if len(found) > 3:
+                    break
+        if not found:
+            raise UnknownWork(f"no work item {given!r}")
+        if len(found) > 1:
+            raise BadRequest(f"{given!r} is ambiguous: {', '.join(found)}...; give more of it")
+        return found[0]
+
     def workload(self, agent_id: str) -> int:
         return len(self._ix.held.get(agent_id, ()))
 
@@ -223,7 +249,8 @@ class State:
     # --- indexes (derived data: see ``indexes``) ---------------------------------
 
     def _index(self, item: WorkItem) -> None:
-        self._ix.enter(item, self.policy, self.not_before)
+        unmet = rules.unmet(item, self.items) if item.after and item.status == "pending" else ()
+        self._ix.enter(item, self.policy, self.not_before, unmet)
 
     def _unindex(self, item: WorkItem) -> None:
         self._ix.leave(item)
@@ -316,11 +343,14 @@ class State:
         team: str = "",
         work_item_id: str | None = None,
         stale_after: float | None = None,
+        after: list[str] | None = None,
     ) -> WorkItem:
-        """Put a pending item in the backlog."""
+        """Put a pending item in the backlog; with ``after`` it waits for those items
+        to complete with result ``success`` (blocked until then)."""
         self._check_priority(priority)
         self._check_stale_after(stale_after)
         self._check_new_item(work_item_id, description)
+        after = self._check_after(work_item_id, after)
         item = WorkItem(
             work_item_id=work_item_id or self._new_id(now),
             work_type=work_type,
@@ -329,6 +359,7 @@ class State:
             team=team,
             created_at=now,
             stale_after=stale_after,
+            after=after,
         )
         self.items[item.work_item_id] = item
         self._index(item)
@@ -346,11 +377,17 @@ class State:
         team: str = "",
         work_item_id: str | None = None,
         stale_after: float | None = None,
+        after: list[str] | None = None,
     ) -> WorkItem:
-        """Create an item and claim it at once (the old ``claim``)."""
+        """Create an item and claim it at once (the old ``claim``). With ``after``, only
+        when each of those items has completed with result ``success``."""
         self._check_priority(priority)
         self._check_stale_after(stale_after)
         self._check_new_item(work_item_id, description)
+        after = self._check_after(work_item_id, after)
+        unmet = [d for d in after or () if not rules.dependency_met(self.items.get(d))]
+        if unmet:
+            raise Conflict(f"blocked: {self._describe_unmet(unmet)}; claim it when they succeed")
         self._ensure_agent(agent_id, now, team)
         item = WorkItem(
             work_item_id=work_item_id or self._new_id(now),
@@ -360,6 +397,7 @@ class State:
             team=team,
             created_at=now,
             stale_after=stale_after,
+            after=after,
         )
         self.items[item.work_item_id] = item
         self._take(item, agent_id, now)
@@ -378,6 +416,9 @@ class State:
             item = self.get(work_item_id)
             if item.status != Status.PENDING:
                 raise Conflict(f"{work_item_id} is {item.status}, not pending")
+            unmet = self.unmet(item)
+            if unmet:
+                raise Conflict(f"{work_item_id} is blocked: {self._describe_unmet(unmet)}")
         else:
             found = self._find_pending(work_type, team)
             if found is None:
@@ -581,6 +622,7 @@ class State:
         item.result = result
         item.velocity_points = velocity
         item.progress = 100 if status == Status.COMPLETED else item.progress
+        item.stage = None  # the stage of work in hand; none is in hand any more
         self._put(item)
         entry = Completion(
             work_item_id=item.work_item_id,
@@ -592,6 +634,17 @@ class State:
         )
         self._log_completion(entry)
         self._emit(status, now, item, detail=result)
+        if rules.dependency_met(item):
+            self._release_dependents(item.work_item_id, now)
+
+    def _release_dependents(self, dep: str, now: float) -> None:
+        """``dep`` succeeded: each item waiting for it and for nothing else is ready."""
+        for wid in self._ix.waiting_on(dep):
+            waiter = self.items[wid]
+            self._unindex(waiter)
+            self._index(waiter)  # ready now, or still waiting for another one
+            if waiter.work_item_id not in self._ix.waiting:
+                self._emit("ready", now, waiter, detail=f"{dep} succeeded")
 
     def _log_completion(self, entry: Completion) -> None:
         self.completions.append(entry)
@@ -679,7 +732,20 @@ class State:
         team: str | None = None,
         agent_id: str | None = None,
         work_type: str | None = None,
+        ready: bool = False,
     ) -> Iterable[WorkItem]:
+        """Items matching every filter given; ``ready``: pending and not blocked, most
+        urgent first (claim-next's order)."""
+        if ready:
+            if status not in (None, Status.PENDING) or agent_id is not None:
+                return ()
+            ids = (wid for rank in sorted(self._ix.pending) for wid in self._ix.pending[rank])
+            return (
+                i
+                for i in (self.items[wid] for wid in ids)
+                if (team is None or i.team == team)
+                and (work_type is None or i.work_type == work_type)
+            )
         if agent_id is not None and status == Status.ACTIVE:
             return list(self.held_by(agent_id))
         return (
@@ -690,6 +756,33 @@ class State:
             and (agent_id is None or i.agent_id == agent_id)
             and (work_type is None or i.work_type == work_type)
         )
+
+    def unmet(self, item: WorkItem) -> list[str]:
+        """The dependencies ``item`` still waits for (none unless pending)."""
+        if item.status != Status.PENDING or not item.after:
+            return []
+        return rules.unmet(item, self.items)
+
+    def waiting_on(self, item: WorkItem) -> list[dict[str, Any]]:
+        """Each unmet dependency of a blocked item with its status and result, so a
+        reader sees why it waits (a failed dependency blocks until it succeeds)."""
+        out = []
+        for dep_id in self.unmet(item):
+            dep = self.items.get(dep_id)
+            status = None if dep is None else str(dep.status)
+            result = None if dep is None else dep.result
+            out.append({"work_item_id": dep_id, "status": status, "result": result, "met": False})
+        return out
+
+    def _describe_unmet(self, unmet: list[str]) -> str:
+        parts = []
+        for dep_id in unmet:
+            dep = self.items.get(dep_id)
+            if dep is not None and dep.status in (Status.COMPLETED, Status.FAILED):
+                parts.append(f"{dep_id} {dep.status} ({dep.result})")
+            else:
+                parts.append(f"{dep_id} {dep.status if dep else 'unknown'}")
+        return "waits for " + ", ".join(parts)
 
     def counts(self) -> dict[str, int]:
         """Items by status, stale active items, items, agents: O(1), from the indexes."""
@@ -723,6 +816,19 @@ class State:
     def _check_priority(priority: str) -> None:
         if priority not in PRIORITY_RANK:
             raise BadRequest(f"priority must be one of {', '.join(Priority)}; got {priority!r}")
+
+    def _check_after(self, work_item_id: str | None, after: list[str] | None) -> list[str] | None:
+        """Dependencies must name known items, once each. A new item cannot close a
+        cycle (nothing can wait for an item before it exists) except by naming itself."""
+        if not after:
+            return None
+        deps = list(dict.fromkeys(after))
+        if work_item_id is not None and work_item_id in deps:
+            raise BadRequest(f"{work_item_id} cannot wait for itself (a dependency cycle)")
+        unknown = [d for d in deps if d not in self.items]
+        if unknown:
+            raise UnknownWork(f"--after names no known work item: {', '.join(unknown)}")
+        return deps
 
     @staticmethod
     def _check_stale_after(stale_after: float | None) -> None:

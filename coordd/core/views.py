@@ -6,6 +6,8 @@ is asked of ``rules``, with the state's restart grace.
 
 from __future__ import annotations
 
+import heapq
+
 import msgspec
 
 from coordd.core import rules
@@ -31,16 +33,32 @@ class StaleEntry(msgspec.Struct, kw_only=True):
     last_heartbeat: float | None
 
 
+class Row(msgspec.Struct, kw_only=True):
+    """One active item on the dashboard: how silent it is against its threshold."""
+
+    work_item_id: str
+    agent_id: str | None
+    work_type: str
+    freshness: str  # fresh | potentially_stale | stale
+    silent_for: float
+    threshold: float
+    progress: int
+    stage: str | None
+
+
 class Dashboard(msgspec.Struct, kw_only=True):
     """The numbers of ``freshness-dashboard``. Every active item is exactly one of
-    fresh, potentially stale (silent past ``warn_ratio`` of its threshold) or stale."""
+    fresh, potentially stale (silent past ``warn_ratio`` of its threshold) or stale.
+    ``rows``: at most ``limit`` active items, worst first (silence / threshold)."""
 
     active: int
     fresh: int
     potentially_stale: int
     stale: int
+    blocked: int
     warn_ratio: float
     stale_items: list[StaleEntry]
+    rows: list[Row]
 
 
 def stale_report(state: State, now: float) -> list[StaleEntry]:
@@ -63,24 +81,53 @@ def _entry(state: State, item: WorkItem, now: float) -> StaleEntry:
     )
 
 
-def dashboard(state: State, now: float, warn_ratio: float = WARN_RATIO) -> Dashboard:
-    """Count active items by freshness (a scan of the active items, for people)."""
+def dashboard(
+    state: State, now: float, warn_ratio: float = WARN_RATIO, limit: int = 0
+) -> Dashboard:
+    """Count active items by freshness and keep the ``limit`` worst (a scan of the
+    active items, for people)."""
     fresh = warn = 0
     stale: list[StaleEntry] = []
+    rows: list[tuple[float, int, Row]] = []
     policy, not_before = state.policy, state.not_before
-    for item in state.active_items():
+    for n, item in enumerate(state.active_items()):
         if rules.is_stale(policy, item, now, not_before):
             stale.append(_entry(state, item, now))
+            kind = "stale"
         elif rules.is_potentially_stale(policy, item, now, not_before, warn_ratio):
             warn += 1
+            kind = "potentially_stale"
         else:
             fresh += 1
+            kind = "fresh"
+        if limit:
+            row = _row(state, item, now, kind)
+            key = (row.silent_for / row.threshold, n, row)
+            if len(rows) < limit:
+                heapq.heappush(rows, key)
+            elif key[0] > rows[0][0]:
+                heapq.heapreplace(rows, key)
     stale.sort(key=lambda e: e.silent_for, reverse=True)
     return Dashboard(
         active=fresh + warn + len(stale),
         fresh=fresh,
         potentially_stale=warn,
         stale=len(stale),
+        blocked=state.counts().get("blocked", 0),
         warn_ratio=warn_ratio,
         stale_items=stale,
+        rows=[r for _, _, r in sorted(rows, key=lambda k: (-k[0], k[1]))],
+    )
+
+
+def _row(state: State, item: WorkItem, now: float, kind: str) -> Row:
+    return Row(
+        work_item_id=item.work_item_id,
+        agent_id=item.agent_id,
+        work_type=item.work_type,
+        freshness=kind,
+        silent_for=rules.silent_for(item, now),
+        threshold=rules.threshold(state.policy, item),
+        progress=item.progress,
+        stage=item.stage,
     )

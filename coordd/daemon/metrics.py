@@ -150,6 +150,10 @@ class StateCollector:
         yield GaugeMetricFamily("coordd_agents", "Known agents.", value=s.counts.get("agents", 0))
 
 
+# Where metrics are served when ``metrics_listen`` is not set.
+DEFAULT_LISTEN = "127.0.0.1:9641"
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` into (host, port). Raises ValueError."""
     host, sep, port = listen.rpartition(":")
@@ -193,12 +197,28 @@ class Sampler:
         self.collector = StateCollector()
         self.exporter = Exporter(self.collector)
         self.counts: dict[str, int] = {}
+        # What ``status`` says about the endpoint: on (where), or off and why.
+        self.state: dict[str, Any] = {"state": "off", "listen": None, "reason": "not_started"}
 
-    def start(self, listen: str) -> None:
-        """Serve on ``listen`` (``""``: off). Raises OSError or ValueError."""
-        if not listen:
+    def start(self, listen: str | None) -> None:
+        """Serve on ``listen`` (``""``: off; None: the default address, if it is free).
+
+        An address the operator chose that cannot be bound raises OSError or ValueError
+        (the start stops); the default one being taken (another coordd on this machine)
+        costs one warning and the endpoint, never the daemon.
+        """
+        if listen == "":
+            self.state = {"state": "off", "listen": None, "reason": "disabled"}
             return
-        host, port = self.exporter.start(listen)
+        try:
+            host, port = self.exporter.start(listen or DEFAULT_LISTEN)
+        except OSError as e:
+            if listen is not None:
+                raise
+            log.warning("metrics_off", listen=DEFAULT_LISTEN, reason="address_in_use", error=str(e))
+            self.state = {"state": "off", "listen": DEFAULT_LISTEN, "reason": "address_in_use"}
+            return
+        self.state = {"state": "on", "listen": f"{host}:{port}", "reason": None}
         log.info("metrics_listening", host=host, port=port)
 
     def sample(self, counters: Mapping[str, int], counts: dict[str, int]) -> None:

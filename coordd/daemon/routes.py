@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import structlog
 
 from coordd import protocol
 from coordd.config import Config
-from coordd.core.model import BadRequest, DomainError
+from coordd.core.model import BadRequest, DomainError, UnknownWork
 from coordd.core.state import State
 from coordd.protocol import Error
 
@@ -45,6 +46,7 @@ class Facts:
     degraded_reason: str
     snapshot: dict[str, Any]
     ai: dict[str, float]
+    metrics: dict[str, Any] | None = None  # {state: on|off, listen, reason}
 
 
 @dataclass
@@ -101,7 +103,35 @@ def dispatch(ctx: Context, req: protocol.Request, now: float) -> Any:
     errors raise, for the caller to answer with their code."""
     if not allowed(type(req), ctx.control):
         return refusal(type(req))
+    if ctx.control:
+        req = expand_ids(ctx.state, req)
     return ROUTES[type(req)].handler(ctx, req, now)
+
+
+def expand_ids(state: State, req: Any) -> Any:
+    """An operator's request with every abbreviated item id (as coordctl shows them)
+    replaced by the full one; refused when one matches no item or several."""
+    changes: dict[str, Any] = {}
+    wid = getattr(req, "work_item_id", None)
+    if wid and wid not in state.items and not isinstance(req, ADDING):
+        changes["work_item_id"] = state.resolve(wid)
+    after = getattr(req, "after", None)
+    if after and any(d not in state.items for d in after):
+        changes["after"] = [_expanded(state, d) for d in after]
+    return msgspec.structs.replace(req, **changes) if changes else req
+
+
+def _expanded(state: State, given: str) -> str:
+    """A dependency's full id; one that names nothing is left for the state to refuse
+    (it says which ids are unknown, or that an item cannot wait for itself)."""
+    try:
+        return state.resolve(given)
+    except UnknownWork:
+        return given
+
+
+# Requests whose work_item_id names a new item: nothing to expand.
+ADDING = (protocol.Add, protocol.Claim)
 
 
 def acting_agent(ctx: Context, req: Any) -> str | None:

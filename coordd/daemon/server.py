@@ -117,6 +117,7 @@ class Daemon:
             degraded_reason=snaps.degraded_reason,
             snapshot=snaps.last,
             ai=self.ai.counters(),
+            metrics=dict(self.metrics.state),
         )
 
     # --- start and stop ----------------------------------------------------------
@@ -124,6 +125,12 @@ class Daemon:
     def start(self) -> None:
         """Lock the state directory, bind every socket. Raises StartupError."""
         cfg = self.cfg
+        # First: an address the operator chose that cannot be bound stops the start
+        # before anything is imported, loaded or written.
+        try:
+            self.metrics.start(cfg.metrics_listen)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         try:
@@ -150,10 +157,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup_signal)
-        try:
-            self.metrics.start(cfg.metrics_listen)
-        except (OSError, ValueError) as e:
-            raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         log.info(
             "started",
             version=__version__,
@@ -393,6 +396,8 @@ class Daemon:
                 return
         try:
             handler = self.routes[type(req)].handler
+            if from_control:
+                req = routes.expand_ids(self.state, req)
             data = handler(self.control_ctx if from_control else self.agent_ctx, req, now)
         except Exception as e:
             self._failed(sock, envelope, req, e)

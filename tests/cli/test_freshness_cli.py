@@ -65,11 +65,12 @@ def test_old_script_scenario(coordd_factory: Any) -> None:
         mine = claim(d, "feature", "Add the login page", "high", "frontend", env=SHELL)
         wid = mine["work_item_id"]
         # The heartbeater keeps it fresh past several thresholds.
-        wait_for(lambda: show(d, wid)["last_heartbeat"] > mine["claimed_at"] + 3 * THRESHOLD)
+        claimed_at = show(d, wid)["claimed_at"]
+        wait_for(lambda: show(d, wid)["last_heartbeat"] > claimed_at + 3 * THRESHOLD)
 
         dash = d.ctl("freshness-dashboard", env=SHELL)
         assert dash.returncode == 0, dash.stderr
-        assert "active 1" in dash.stdout and "stale 0" in dash.stdout
+        assert "active 1: 1 fresh" in dash.stdout and "0 stale" in dash.stdout
         assert f"heartbeat daemon: running (pid {pid})" in dash.stdout
         assert "AI provider: ollama unusable (down)" in dash.stdout
 
@@ -80,14 +81,16 @@ def test_old_script_scenario(coordd_factory: Any) -> None:
 
         check = d.ctl("check-stale", env=SHELL)
         assert check.returncode == 5, check.stderr
-        assert gid in check.stdout and "ghost" in check.stdout and wid not in check.stdout
+        # Tables show ids in their short form (work_…<tail>), accepted back as input.
+        assert gid[-6:] in check.stdout and "ghost" in check.stdout
+        assert wid[-6:] not in check.stdout
         report = json.loads((d.dir / "stale_work_report.json").read_text())
         assert report["stale_count"] == 1
-        assert report["stale_items"][0]["work_item_id"] == gid
-        assert report["stale_items"][0]["silent_for"] >= 0.3
+        assert report["items"][0]["work_item_id"] == gid
+        assert report["items"][0]["silent_seconds"] >= 0.3
 
         dash = d.ctl("freshness-dashboard", env=SHELL)
-        assert "stale 1" in dash.stdout and gid in dash.stdout and "ghost" in dash.stdout
+        assert "1 stale" in dash.stdout and gid[-6:] in dash.stdout and "ghost" in dash.stdout
 
         dry = d.ctl("recover-stale", "reassign", "--dry-run", env=SHELL)
         assert dry.returncode == 0 and f"would reassign {gid}" in dry.stdout

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from coordd.core import recovery
+from coordd.core import recovery, rules
 from coordd.core.model import DomainError
 from coordd.core.rules import Policy
 from coordd.core.state import State
@@ -17,11 +17,18 @@ T0 = 1_750_000_000.0
 
 def scanned(st: State) -> dict[str, int]:
     by_status = {s.value: 0 for s in Status}
-    stale = 0
+    stale = blocked = 0
     for item in st.items.values():
         by_status[item.status] = by_status.get(item.status, 0) + 1
         stale += item.status == "active" and item.stale_since is not None
-    return {**by_status, "stale": stale, "items": len(st.items), "agents": len(st.agents)}
+        blocked += item.status == "pending" and bool(rules.unmet(item, st.items))
+    return {
+        **by_status,
+        "stale": stale,
+        "blocked": blocked,
+        "items": len(st.items),
+        "agents": len(st.agents),
+    }
 
 
 @pytest.mark.parametrize("strategy", ["reassign", "retry", "fail", "none"])
@@ -37,6 +44,9 @@ def test_counts_equal_a_full_scan_after_every_transition(strategy: str, seed: in
 
     ops = [
         lambda: st.add("t", "d", now, priority=rng.choice(["low", "high"])),
+        # Dependencies: blocked items leave claim-next's index and come back on success.
+        lambda: st.add("t", "d", now, after=[any_item() for _ in range(rng.randint(1, 2))]),
+        lambda: st.complete(any_item(), now, result=rng.choice(["success", "failed"])),
         lambda: st.claim(rng.choice(agents), "t", "d", now),
         lambda: st.claim_next(rng.choice(agents), now),
         lambda: st.heartbeat(rng.choice(agents), now),

@@ -28,7 +28,7 @@ def test_claim_list_progress_complete_with_coordctl(coordd: CoorddProcess) -> No
     assert item["description"] == 'desc with "quotes"'
 
     listed = json.loads(coordd.ctl("list", "--status", "active", "--json").stdout)
-    assert [i["work_item_id"] for i in listed] == [wid]
+    assert [i["work_item_id"] for i in listed["items"]] == [wid]
     assert "desc with" in coordd.ctl("list", "--team", "core").stdout
 
     r = coordd.ctl("progress", wid, "60", "review", "--lease", str(lease), env=env)

@@ -31,6 +31,7 @@ def status(ctx: Context, req: p.Status, now: float) -> Any:
         "coordination_dir": cfg.coordination_dir,
         "snapshot": dict(facts.snapshot),
         "ai": facts.ai,
+        "metrics": facts.metrics,
     }
 
 

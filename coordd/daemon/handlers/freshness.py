@@ -25,9 +25,10 @@ def dashboard(ctx: Context, req: p.Freshness, now: float) -> Any:
     policy = ctx.state.policy
     return {
         "now": now,
-        "dashboard": views.dashboard(ctx.state, now),
+        "dashboard": views.dashboard(ctx.state, now, limit=req.limit),
         "stale_threshold": policy.stale_threshold,
         "recovery": policy.recovery,
         "heartbeat_interval": ctx.cfg.heartbeat_interval,
         "tick_interval": ctx.cfg.tick_interval,
+        "ai_provider": ctx.cfg.ai_provider,
     }

@@ -7,7 +7,8 @@ from typing import Any
 import msgspec
 
 from coordd import protocol as p
-from coordd.core.model import BadRequest
+from coordd.core.model import BadRequest, WorkItem
+from coordd.core.state import State
 from coordd.daemon.routes import NO_REPLY, Context, acting_agent, log_refused, route
 
 
@@ -41,6 +42,10 @@ def heartbeat_batch(ctx: Context, req: p.HeartbeatBatch, now: float) -> Any:
 
 @route(p.Add, agents=True)
 def add(ctx: Context, req: p.Add, now: float) -> Any:
+    return shown(ctx.state, _add(ctx, req, now))
+
+
+def _add(ctx: Context, req: p.Add, now: float) -> WorkItem:
     return ctx.state.add(
         req.work_type,
         req.description,
@@ -49,6 +54,7 @@ def add(ctx: Context, req: p.Add, now: float) -> Any:
         req.team,
         req.work_item_id,
         req.stale_after,
+        req.after,
     )
 
 
@@ -63,6 +69,7 @@ def claim(ctx: Context, req: p.Claim, now: float) -> Any:
         req.team,
         req.work_item_id,
         req.stale_after,
+        req.after,
     )
 
 
@@ -91,16 +98,27 @@ def release(ctx: Context, req: p.Release, now: float) -> Any:
 @route(p.List, agents=True)
 def list_items(ctx: Context, req: p.List, now: float) -> Any:
     out = []
-    for item in ctx.state.select(req.status, req.team, req.agent_id, req.work_type):
-        out.append(item)
+    state = ctx.state
+    found = state.select(req.status, req.team, req.agent_id, req.work_type, req.ready)
+    for item in found:
+        out.append(shown(state, item))
         if len(out) >= req.limit:
             break
     return out
 
 
+def shown(state: State, item: WorkItem) -> Any:
+    """An item as read: a blocked one carries ``waiting_on`` (its unmet dependencies
+    with their status and result); the others go out as they are."""
+    waiting = state.waiting_on(item) if item.after else []
+    if not waiting:
+        return item
+    return {**msgspec.structs.asdict(item), "waiting_on": waiting}
+
+
 @route(p.Show, agents=True)
 def show(ctx: Context, req: p.Show, now: float) -> Any:
-    return ctx.state.get(req.work_item_id)
+    return shown(ctx.state, ctx.state.get(req.work_item_id))
 
 
 @route(p.Agents, agents=True)
