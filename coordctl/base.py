@@ -34,8 +34,11 @@ from coordd.kinds import Priority, Status, Strategy
 class Ctx:
     """What every command needs: the configuration and a client (made lazily)."""
 
-    def __init__(self, cfg: config_mod.Config) -> None:
+    def __init__(self, cfg: config_mod.Config, ai_provider: str | None = None) -> None:
         self.cfg = cfg
+        # The AI provider asked for in this command's environment (validated with the
+        # configuration); sent with each analysis, it overrides the daemon's default.
+        self.ai_provider = ai_provider
         self._client: Client | None = None
 
     @property
@@ -170,7 +173,7 @@ def main(ctx: click.Context, config_file: str | None, **flags: Any) -> None:
         cfg = config_mod.load(config_file, os.environ, flags)
     except config_mod.ConfigError as e:
         fail(str(e), 2)
-    ctx.obj = Ctx(cfg)
+    ctx.obj = Ctx(cfg, config_mod.provider_from_env(os.environ))
 
 
 # Shared argument types. The choices are listed in the order `--help` has always shown.

@@ -136,6 +136,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def provider_from_env(env: Mapping[str, str]) -> str | None:
+    """The AI provider set in the environment for one command (``COORDD_AI_PROVIDER``,
+    else ``AI_PROVIDER``), or None: coordctl sends it with the request, so it wins over
+    the daemon's configured provider for that analysis only."""
+    return env.get("COORDD_AI_PROVIDER") or env.get("AI_PROVIDER") or None
+
+
 def _read_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:

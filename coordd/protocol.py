@@ -17,7 +17,7 @@ the field and the limit (``Expected `str` of length <= 200 - at `$.agent_id```).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -231,11 +231,17 @@ class Freshness(Request, tag="freshness"):
 # --- AI analyses (control socket only; answered when the provider is done) -----
 
 
+# ``provider`` and ``model`` on an analysis override the daemon's defaults for that
+# one analysis (``AI_PROVIDER=auto coordctl claim-enhanced ...``); None keeps them.
+AiProvider = Literal["ollama", "claude", "auto"]
+
+
 class AiPriorities(Request, tag="ai_priorities"):
     """Rank open work, name bottlenecks: ``coordctl ollama-priorities``."""
 
     model: Id | None = None
     fresh: bool = False
+    provider: AiProvider | None = None
 
 
 class AiOptimize(Request, tag="ai_optimize"):
@@ -243,15 +249,18 @@ class AiOptimize(Request, tag="ai_optimize"):
 
     model: Id | None = None
     fresh: bool = False
+    provider: AiProvider | None = None
 
 
 class AiAnalyze(Request, tag="ai_analyze"):
-    """A free question about ``data``: ``coordctl ai-analyze PROMPT [MODEL]``."""
+    """A free question about ``data`` (None: the live open work and agents):
+    ``coordctl ai-analyze PROMPT [MODEL]``."""
 
     prompt: Text
     data: Any = None
     model: Id | None = None
     fresh: bool = False
+    provider: AiProvider | None = None
 
 
 class AiRecommendClaim(Request, tag="ai_recommend_claim"):
@@ -263,6 +272,7 @@ class AiRecommendClaim(Request, tag="ai_recommend_claim"):
     team: Id = ""
     model: Id | None = None
     fresh: bool = False
+    provider: AiProvider | None = None
 
 
 class AiStatus(Request, tag="ai_status"):

@@ -33,7 +33,7 @@ def ai_timeout(ctx: Ctx) -> float:
 
 def ai_ctx(ctx: Ctx) -> Ctx:
     """The same context with a client that waits for a whole analysis."""
-    return Ctx(msgspec.structs.replace(ctx.cfg, client_timeout=ai_timeout(ctx)))
+    return Ctx(msgspec.structs.replace(ctx.cfg, client_timeout=ai_timeout(ctx)), ctx.ai_provider)
 
 
 def run_analysis(ctx: Ctx, req: protocol.Request, as_json: bool, human: Any) -> None:
@@ -72,6 +72,8 @@ def _header(r: dict[str, Any]) -> str:
 
 def _failure_line(r: dict[str, Any]) -> str:
     err = r.get("error") or {}
+    if err.get("code") == "nothing_to_analyze":
+        return str(err.get("message"))
     line = f"AI analysis failed ({err.get('code')}): {err.get('message')}"
     if err.get("raw"):
         line += f"\nraw answer: {err['raw'][:500]}"
@@ -160,38 +162,59 @@ def free_text(a: dict[str, Any]) -> str:
 
 
 model_option = click.option("--model", help="Model to ask (claude-* goes to Claude).")
+provider_option = click.option(
+    "--provider",
+    type=click.Choice(["ollama", "claude", "auto"]),
+    help="Provider for this analysis (default: $AI_PROVIDER, else the daemon's).",
+)
 fresh_option = click.option("--fresh", is_flag=True, help="Ask again; ignore a cached answer.")
+
+
+def _provider(ctx: Ctx, given: str | None) -> Any:
+    """This command's provider: --provider, else $AI_PROVIDER, else None (the daemon's)."""
+    return given or ctx.ai_provider
 
 
 @command("ollama-priorities")
 @model_option
+@provider_option
 @fresh_option
-def ollama_priorities(ctx: Ctx, model: str | None, fresh: bool, as_json: bool) -> None:
-    """Rank open work and name bottlenecks (sends AiPriorities; saves
-    ollama_priority_analysis.json in COORDINATION_DIR)."""
-    run_analysis(ctx, protocol.AiPriorities(model=model, fresh=fresh), as_json, priorities_text)
+def ollama_priorities(
+    ctx: Ctx, model: str | None, provider: str | None, fresh: bool, as_json: bool
+) -> None:
+    """Rank the open work and name bottlenecks (saved to ollama_priority_analysis.json)."""
+    req = protocol.AiPriorities(model=model, fresh=fresh, provider=_provider(ctx, provider))
+    run_analysis(ctx, req, as_json, priorities_text)
 
 
 @command("ollama-optimize")
 @model_option
+@provider_option
 @fresh_option
-def ollama_optimize(ctx: Ctx, model: str | None, fresh: bool, as_json: bool) -> None:
-    """Suggest reassignments and teams (sends AiOptimize; saves
-    ollama_team_optimization.json in COORDINATION_DIR)."""
-    run_analysis(ctx, protocol.AiOptimize(model=model, fresh=fresh), as_json, team_text)
+def ollama_optimize(
+    ctx: Ctx, model: str | None, provider: str | None, fresh: bool, as_json: bool
+) -> None:
+    """Suggest reassignments and teams (saved to ollama_team_optimization.json)."""
+    req = protocol.AiOptimize(model=model, fresh=fresh, provider=_provider(ctx, provider))
+    run_analysis(ctx, req, as_json, team_text)
 
 
 @command("ai-analyze")
 @click.argument("prompt")
 @click.argument("model", required=False)
+@provider_option
 @fresh_option
-def ai_analyze(ctx: Ctx, prompt: str, model: str | None, fresh: bool, as_json: bool) -> None:
-    """Ask PROMPT about the JSON piped on stdin (sends AiAnalyze).
+def ai_analyze(
+    ctx: Ctx, prompt: str, model: str | None, provider: str | None, fresh: bool, as_json: bool
+) -> None:
+    """Ask the AI a question about the JSON piped in, else about the live work.
 
     Example: cat data.json | coordctl ai-analyze "What is blocking us?" llama3
     """
     data = _stdin_data()
-    req = protocol.AiAnalyze(prompt=prompt, data=data, model=model, fresh=fresh)
+    req = protocol.AiAnalyze(
+        prompt=prompt, data=data, model=model, fresh=fresh, provider=_provider(ctx, provider)
+    )
     run_analysis(ctx, req, as_json, free_text)
 
 
@@ -210,7 +233,7 @@ def _stdin_data() -> Any:
 
 @command("ai-status")
 def ai_status(ctx: Ctx, as_json: bool) -> None:
-    """AI providers: which is used, reachable, installed models, cache (sends AiStatus)."""
+    """Which AI provider is used, whether it answers, its models and the cache."""
     emit(as_json, views.ai_status_view(call(ai_ctx(ctx), protocol.AiStatus())), status_text)
 
 
@@ -268,7 +291,11 @@ def ai_claim_recommendation(
     """
     client = Client(ctx.cfg.control_socket, ai_timeout(ctx))
     req = protocol.AiRecommendClaim(
-        work_type=work_type, description=description, priority=cast(Any, priority), team=team
+        work_type=work_type,
+        description=description,
+        priority=cast(Any, priority),
+        team=team,
+        provider=_provider(ctx, None),
     )
     try:
         r = client.call(req)

@@ -300,12 +300,19 @@ def claim_prompt(view: View, params: dict[str, Any]) -> str:
 
 
 def free_prompt(view: View, params: dict[str, Any]) -> str:
+    """The question about the data given, or (none given) about the live state."""
+    data = params.get("data")
+    about = (
+        [_data("Data", data)]
+        if data is not None
+        else [_data("Open work items", view.items), _data("Agents", view.agents)]
+    )
     return "\n\n".join(
         [
             str(params["prompt"]),
             "Answer with a summary, findings (title, detail, severity) and"
             " recommendations (a list of sentences).",
-            _data("Data", params.get("data")),
+            *about,
         ]
     )
 
@@ -352,16 +359,19 @@ async def run(
     model: str | None = None,
     fresh: bool = False,
     now: float = 0.0,
+    provider: str | None = None,
 ) -> AiResult:
-    """Ask, validate (one retry), drop unknown ids; never raises for a provider's sake."""
+    """Ask, validate (one retry), drop unknown ids; never raises for a provider's sake.
+    ``provider`` (ollama, claude, auto) overrides the router's mode for this one."""
     started = time.monotonic()
-    key = digest(kind, router.mode, model, router.models, router.analysis_models, view, params)
+    mode = provider or router.mode
+    key = digest(kind, mode, model, router.models, router.analysis_models, view, params)
     hit = None if fresh else router.cache.get(key)
     if hit is not None:
         router.counters.add("cache_hits")
         return msgspec.structs.replace(hit, cached=True, elapsed=time.monotonic() - started)
     router.counters.add("cache_misses")
-    result = await _ask(router, kind, view, params, model)
+    result = await _ask(router, kind, view, params, model, mode)
     result = msgspec.structs.replace(result, elapsed=time.monotonic() - started, generated_at=now)
     if result.ok:
         router.cache.put(key, result)
@@ -369,13 +379,18 @@ async def run(
 
 
 async def _ask(
-    router: Router, kind: str, view: View, params: dict[str, Any], model: str | None
+    router: Router,
+    kind: str,
+    view: View,
+    params: dict[str, Any],
+    model: str | None,
+    mode: str | None = None,
 ) -> AiResult:
     spec = SPECS[kind]
     schema = json_schema(spec.schema)
     messages = messages_for(kind, view, params)
     try:
-        done, attempts = await router.complete(messages, schema, kind, model)
+        done, attempts = await router.complete(messages, schema, kind, model, mode=mode)
     except NoProvider as e:
         return failed(kind, "no_provider", f"no AI provider available ({e})", fallbacks=e.attempts)
     who: dict[str, Any] = {"provider": done.provider, "model": done.model, "fallbacks": attempts}

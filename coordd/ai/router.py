@@ -105,8 +105,8 @@ class Router:
         self.cache = Cache(cache_ttl)
         self.counters = Counters()
 
-    def order(self, only: str | None = None) -> tuple[str, ...]:
-        return (only,) if only else ORDER[self.mode]
+    def order(self, only: str | None = None, mode: str | None = None) -> tuple[str, ...]:
+        return (only,) if only else ORDER[mode or self.mode]
 
     def model_for(self, provider: str, analysis: str, override: str | None) -> str:
         """An explicit model goes to the provider it names (``claude-*`` is Claude's,
@@ -124,10 +124,12 @@ class Router:
         analysis: str,
         override: str | None = None,
         only: str | None = None,
+        mode: str | None = None,
     ) -> tuple[Completion, list[Attempt]]:
-        """The first provider's answer, with the failed attempts before it."""
+        """The first provider's answer, with the failed attempts before it (``mode``:
+        this request's provider choice instead of the configured one)."""
         attempts: list[Attempt] = []
-        for name in self.order(only):
+        for name in self.order(only, mode):
             model = self.model_for(name, analysis, override)
             try:
                 done = await self.providers[name].complete(messages, model, schema)

@@ -64,6 +64,7 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     view: analyses.View = msgspec.field(default_factory=analyses.View)
     params: dict[str, Any] = {}
     model: str | None = None
+    provider: str | None = None  # ollama | claude | auto for this job; None: the default
     fresh: bool = False
     save_as: str | None = None  # file name under ``save_dir`` for a successful result
 
@@ -138,6 +139,10 @@ class AiWorker:
         return self._router
 
     async def _run(self, token: int, job: Job, now: float) -> None:
+        if job.provider not in (None, "ollama"):
+            # Claude asked for by this request only: the SDK's import (about a second)
+            # is paid before the job's deadline starts, as _serve does for the default.
+            import anthropic  # noqa: F401
         try:
             async with asyncio.timeout(self.settings.job_timeout):
                 result = await self._execute(job, now)
@@ -157,7 +162,9 @@ class AiWorker:
         router = self.router()
         if job.kind == "status":
             return await self._status(router)
-        res = await analyses.run(router, job.kind, job.view, job.params, job.model, job.fresh, now)
+        res = await analyses.run(
+            router, job.kind, job.view, job.params, job.model, job.fresh, now, job.provider
+        )
         log.info(
             "ai_analysis_done",
             kind=job.kind,

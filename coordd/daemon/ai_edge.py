@@ -147,6 +147,7 @@ def analysis(
         view=view_of(state),
         params=params or {},
         model=getattr(req, "model", None),
+        provider=getattr(req, "provider", None),
         fresh=getattr(req, "fresh", False),
         save_as=FILES.get(kind),
     )

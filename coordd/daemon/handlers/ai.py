@@ -22,7 +22,21 @@ def optimize(ctx: Context, req: p.AiOptimize, now: float) -> Any:
 
 @route(p.AiAnalyze)
 def analyze(ctx: Context, req: p.AiAnalyze, now: float) -> Any:
-    return analysis("free", ctx.state, req, now, {"prompt": req.prompt, "data": req.data})
+    job = analysis("free", ctx.state, req, now, {"prompt": req.prompt, "data": req.data})
+    view = job.job.view
+    if _empty(req.data) if req.data is not None else not (view.items or view.agents):
+        # No provider call for nothing: say so at once.
+        what = "the data given is empty" if req.data is not None else "no open work, no agents"
+        return {
+            "ok": False,
+            "analysis": "free",
+            "error": {"code": "nothing_to_analyze", "message": f"nothing to analyze: {what}"},
+        }
+    return job
+
+
+def _empty(data: Any) -> bool:
+    return data in ({}, [], None) or (isinstance(data, str) and not data.strip())
 
 
 @route(p.AiRecommendClaim)
