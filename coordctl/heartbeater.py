@@ -83,21 +83,25 @@ class Heartbeater:
         self.stop = False
         self.rpc = rpc.Caller(endpoint, timeout)
 
-    def beat(self) -> str | None:
-        """One acknowledged heartbeat; the error code when coordd refused it."""
+    def beat(self, expected: frozenset[str] = frozenset()) -> str | None:
+        """One acknowledged heartbeat; the error code when coordd refused it (a code in
+        ``expected`` is normal at this point and not logged as a warning)."""
         return self._ask(
             protocol.Heartbeat(
                 agent_id=self.agent_id, work_item_id=self.work_item_id, lease=self.lease, ack=True
-            )
+            ),
+            expected,
         )
 
-    def _ask(self, req: protocol.Request) -> str | None:
+    def _ask(self, req: protocol.Request, expected: frozenset[str] = frozenset()) -> str | None:
         try:
             reply = self.rpc.call(req)
         except rpc.Timeout:
             log.warning("coordd_unreachable", endpoint=self.endpoint, timeout=self.timeout)
             return None
         if isinstance(reply, protocol.Error):
+            if reply.code in expected:
+                return reply.code
             log.warning(
                 "heartbeat_refused", agent_id=self.agent_id, code=reply.code, message=reply.message
             )
@@ -137,7 +141,8 @@ class Heartbeater:
         )
         # The old script's order is heartbeat-start, then claim: an agent coordd does not
         # know yet is registered once. Unknown later means coordd lost it: stop.
-        if self.work_item_id is None and self.beat() == "unknown_agent":
+        first = frozenset({"unknown_agent"})
+        if self.work_item_id is None and self.beat(first) == "unknown_agent":
             self._ask(protocol.Register(agent_id=self.agent_id))
             log.info("agent_registered", agent_id=self.agent_id)
         while not self.stop:

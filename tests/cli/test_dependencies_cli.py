@@ -92,3 +92,21 @@ def test_priority_words_in_any_case(coordd: CoorddProcess) -> None:
     assert ok(coordd, "claim", "t", "mixed", "Critical", env={"AGENT_ID": "a"})["priority"] == (
         "critical"
     )
+
+
+def test_a_first_heartbeat_start_logs_no_warning(coordd: CoorddProcess) -> None:
+    """A new shell agent starts its heartbeater before it claims: registering it is
+    the normal path, not an ``unknown_agent`` warning."""
+    from tests.helpers import wait_for
+
+    env = {"AGENT_ID": "brand_new", "HEARTBEAT_INTERVAL": "0.1"}
+    started = coordd.ctl("heartbeat-start", env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        log_file = coordd.dir / "heartbeat_daemon.log"
+        wait_for(lambda: "agent_registered" in log_file.read_text())
+        wait_for(lambda: coordd.ctl("agents", "--json").stdout.count("brand_new") == 1)
+        log = log_file.read_text()
+        assert "unknown_agent" not in log and '"warning"' not in log
+    finally:
+        coordd.ctl("heartbeat-stop")
