@@ -134,7 +134,19 @@ def command(name: str | None = None, **kw: Any) -> Callable[..., click.Command]:
 
 
 class Group(click.Group):
-    """coordctl's group: a usage error under ``--json`` is a JSON refusal too."""
+    """coordctl's group: a command's module is imported when that command is asked
+    for (``lazy``, filled by ``coordctl.cli``); a usage error under ``--json`` is a
+    JSON refusal too."""
+
+    lazy: dict[str, Callable[[], Any]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.lazy[cmd_name]()
+        return self.commands.get(cmd_name)
 
     def main(self, args: Any = None, prog_name: str | None = None, **kw: Any) -> Any:  # type: ignore[override]
         argv = list(sys.argv[1:] if args is None else args)

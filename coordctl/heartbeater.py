@@ -21,47 +21,13 @@ import click
 import structlog
 import zmq
 
+from coordctl.pidfile import claim_pid_file, pid_alive, read_pid  # noqa: F401 (re-exported)
 from coordd import logs, protocol, rpc
 
 log = structlog.get_logger("coordctl.heartbeater")
 
 # Answers after which heartbeating is pointless: say so and stop.
 FATAL_CODES = frozenset({"unknown_agent", "lease_lost", "not_owner", "unknown_work", "conflict"})
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or "0") or None
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def claim_pid_file(path: str) -> bool:
-    """Write our pid with O_EXCL; False when a live heartbeater already holds it."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            other = read_pid(path)
-            if other is not None and pid_alive(other):
-                return False
-            os.unlink(path)  # a dead one's file: take its place
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        return True
-    return False
 
 
 class Heartbeater:

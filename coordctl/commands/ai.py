@@ -175,7 +175,7 @@ def _provider(ctx: Ctx, given: str | None) -> Any:
     return given or ctx.ai_provider
 
 
-@command("ollama-priorities")
+@command("ollama-priorities", short_help="AI: rank the open work, name bottlenecks")
 @model_option
 @provider_option
 @fresh_option
@@ -187,7 +187,7 @@ def ollama_priorities(
     run_analysis(ctx, req, as_json, priorities_text)
 
 
-@command("ollama-optimize")
+@command("ollama-optimize", short_help="AI: reassignments and teams to form")
 @model_option
 @provider_option
 @fresh_option
@@ -199,7 +199,7 @@ def ollama_optimize(
     run_analysis(ctx, req, as_json, team_text)
 
 
-@command("ai-analyze")
+@command("ai-analyze", short_help="Ask the AI about piped JSON, else the live work")
 @click.argument("prompt")
 @click.argument("model", required=False)
 @provider_option
@@ -231,7 +231,7 @@ def _stdin_data() -> Any:
         return text
 
 
-@command("ai-status")
+@command("ai-status", short_help="AI provider in use, reachable or not, models, cache")
 def ai_status(ctx: Ctx, as_json: bool) -> None:
     """Which AI provider is used, whether it answers, its models and the cache."""
     emit(as_json, views.ai_status_view(call(ai_ctx(ctx), protocol.AiStatus())), status_text)

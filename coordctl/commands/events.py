@@ -28,7 +28,7 @@ def _event_line(ev: Event) -> str:
     return " ".join(parts)
 
 
-@command("events")
+@command("events", short_help="Follow what happens, one line per event")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after N events.")
 @click.option("--event", "names", multiple=True, help="Only these events (repeatable).")
 def events(ctx: Ctx, count: int | None, names: tuple[str, ...], as_json: bool) -> None:

@@ -28,7 +28,7 @@ from coordctl.commands.ai import (
 )
 from coordctl.commands.heartbeat import heartbeater_view, pid_path, start_heartbeater
 from coordctl.commands.items import claim_item, claimed_line
-from coordctl.heartbeater import pid_alive, read_pid
+from coordctl.pidfile import pid_alive, read_pid
 from coordd import protocol, views
 
 REPORT_NAME = "stale_work_report.json"
@@ -65,7 +65,7 @@ def _stale_table(entries: list[views.StaleEntry]) -> str:
     )
 
 
-@command("check-stale")
+@command("check-stale", short_help="Items whose agent went silent (exit 5 if any)")
 def check_stale(ctx: Ctx, as_json: bool) -> None:
     """List the items whose agent went silent, and write stale_work_report.json.
 
@@ -96,7 +96,7 @@ def _recovery_line(r: views.RecoveryView) -> str:
     )
 
 
-@command("recover-stale")
+@command("recover-stale", short_help="Recover stale items now: reassign, retry or fail")
 @click.argument("strategy", type=RECOVERY)
 @click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing.")
 @click.option("--work", "work_item_id", help="Recover this active item (stale or not).")
@@ -178,7 +178,7 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
     return "\n".join(line[:width] for line in lines)
 
 
-@command("freshness-dashboard")
+@command("freshness-dashboard", short_help="Active items worst first: who went silent")
 @click.option("--watch", type=float, help="Redraw in place every SECONDS until Ctrl-C.")
 def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
     """The active items, worst first: how long each agent has been silent."""
@@ -210,7 +210,7 @@ def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
 # --- claim-enhanced ----------------------------------------------------------------------
 
 
-@command("claim-enhanced")
+@command("claim-enhanced", short_help="Claim with AI advice, then keep the claim alive")
 @click.argument("work_type")
 @click.argument("description")
 @click.argument("priority", required=False, default="medium", type=PRIORITY)

@@ -16,14 +16,14 @@ import click
 
 from coordctl.base import Ctx, call, command, coordination_dir, emit, fail
 from coordctl.client import EXIT_REFUSED
-from coordctl.heartbeater import pid_alive, read_pid
+from coordctl.pidfile import pid_alive, read_pid
 from coordd import protocol, views
 
 PID_NAME = "heartbeat_daemon.pid"
 HEARTBEAT_LOG_NAME = "heartbeat_daemon.log"
 
 
-@command()
+@command(short_help="Say an agent (or one item) is alive, now")
 @click.argument("agent", required=False)
 @click.argument("work", required=False)
 @click.option("--lease", type=int, help="The item's lease.")
@@ -125,7 +125,7 @@ def start_heartbeater(
     fail("the heartbeat daemon did not start within 10s", EXIT_REFUSED)
 
 
-@command("heartbeat-start")
+@command("heartbeat-start", short_help="Start a background heartbeater for a shell agent")
 @click.option("--agent", help="Agent id (default: $AGENT_ID).")
 @click.option(
     "--work", "work_item_id", help="Heartbeat only this item (stops if its lease is lost)."
@@ -149,7 +149,7 @@ def heartbeat_start(
     )
 
 
-@command("heartbeat-stop")
+@command("heartbeat-stop", short_help="Stop the background heartbeater")
 def heartbeat_stop(ctx: Ctx, as_json: bool) -> None:
     """Stop the background heartbeater (SIGTERM, then wait up to 10 s)."""
     pid_file = pid_path(ctx)

@@ -25,7 +25,7 @@ def claimed_line(i: ItemView) -> str:
     return f"claimed {i.work_item_id} for {i.agent_id} (lease {i.lease}, {i.priority}{team})"
 
 
-@command()
+@command(short_help="Create an item and claim it now")
 @click.argument("work_type")
 @click.argument("description")
 @click.argument("priority", required=False, default="medium", type=PRIORITY)
@@ -82,7 +82,7 @@ def claim_item(
     return views.item_view(call(ctx, req))
 
 
-@command("claim-next")
+@command("claim-next", short_help="Take the most urgent ready item (exit 3 if none)")
 @click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
 @click.option("--type", "work_type", help="Only items of this work type.")
 @click.option("--team", help="Only items of this team.")
@@ -106,7 +106,7 @@ def claim_next(
     emit(as_json, views.item_view(data), claimed_line)
 
 
-@command()
+@command(short_help="Add an item to the backlog (--after: wait for others)")
 @click.argument("work_type")
 @click.argument("description")
 @click.argument("priority", required=False, default="medium", type=PRIORITY)
@@ -163,7 +163,7 @@ def with_holder(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@command()
+@command(short_help="Report progress (0-100) and stage of a held item")
 @click.argument("work_item_id")
 @click.argument("percent", type=click.IntRange(0, 100))
 @click.argument("status", required=False)
@@ -191,7 +191,7 @@ def progress(
     emit(as_json, views.item_view(data), lambda i: f"{i.work_item_id} at {i.progress}%")
 
 
-@command()
+@command(short_help="Finish a held item with a result and points")
 @click.argument("work_item_id")
 @click.argument("result", required=False, default="success")
 @click.argument("velocity", required=False, default=0, type=click.IntRange(min=0))
@@ -226,7 +226,7 @@ def complete(
     )
 
 
-@command()
+@command(short_help="Give a held item back to the backlog")
 @click.argument("work_item_id")
 @with_holder
 def release(
@@ -239,7 +239,7 @@ def release(
     emit(as_json, views.item_view(data), lambda i: f"released {i.work_item_id} (pending)")
 
 
-@command()
+@command(short_help="Register an agent with its team and capacity")
 @click.argument("agent", required=False)
 @click.option("--team", default="")
 @click.option("--capacity", type=click.IntRange(min=0), default=100)
@@ -260,7 +260,7 @@ def register(
     )
 
 
-@command("list")
+@command("list", short_help="List work items (filters; --ready: claimable now)")
 @click.option("--status", type=STATUS)
 @click.option("--team")
 @click.option("--agent", "agent_id")
@@ -296,7 +296,7 @@ def list_(
     )
 
 
-@command()
+@command(short_help="Everything about one item, and what it waits for")
 @click.argument("work_item_id")
 def show(ctx: Ctx, work_item_id: str, as_json: bool) -> None:
     """Everything about one work item, and what it waits for."""
@@ -304,7 +304,7 @@ def show(ctx: Ctx, work_item_id: str, as_json: bool) -> None:
     emit(as_json, views.item_view(data), render.item_detail)
 
 
-@command()
+@command(short_help="Registered agents, their workload and last heartbeat")
 def agents(ctx: Ctx, as_json: bool) -> None:
     """Registered agents with their team, workload and last heartbeat."""
 
@@ -330,7 +330,7 @@ def agents(ctx: Ctx, as_json: bool) -> None:
     emit(as_json, views.agent_list(call(ctx, protocol.Agents())), human)
 
 
-@command()
+@command(short_help="Is coordd up: health, counts, sockets, metrics")
 def status(ctx: Ctx, as_json: bool) -> None:
     """Is coordd up: health, counts, thresholds, sockets, metrics."""
 
@@ -356,7 +356,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
     emit(as_json, views.status_view(call(ctx, protocol.Status())), human)
 
 
-@command()
+@command(short_help="Write a snapshot of the state to disk now")
 @click.option("--wait/--no-wait", default=True, help="Wait until the snapshot is on disk.")
 def snapshot(ctx: Ctx, wait: bool, as_json: bool) -> None:
     """Write a snapshot of the state to disk now.

@@ -29,7 +29,7 @@ dir_option = click.option(
 )
 
 
-@click.group("keys")
+@click.group("keys", short_help="CURVE keys: generate, list, allow, revoke")
 def keys_group() -> None:
     """CURVE keys of the agent endpoint: generate, list, allow, revoke."""
 

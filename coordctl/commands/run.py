@@ -56,7 +56,11 @@ def _supervise(proc: subprocess.Popen[bytes], lease: Lease) -> bool:
     return False
 
 
-@command("run", context_settings={"ignore_unknown_options": True})
+@command(
+    "run",
+    short_help="Claim, run a command while heartbeating, complete",
+    context_settings={"ignore_unknown_options": True},
+)
 @click.option("--agent", help="Agent id (default: $AGENT_ID, else a new agent_<ns>).")
 @click.option("--work", "work_item_id", help="Take this pending item.")
 @click.option("--type", "work_type", help="Work type (with --description: of the new item).")

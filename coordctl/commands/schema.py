@@ -14,7 +14,7 @@ from coordctl.base import Ctx, command, fail
 from coordd import views
 
 
-@command()
+@command(short_help="The JSON Schema of --json output")
 @click.argument("name", required=False, metavar="[COMMAND]")
 def schema(ctx: Ctx, name: str | None, as_json: bool) -> None:
     """Print the JSON Schema of a command's --json output (all commands without one).

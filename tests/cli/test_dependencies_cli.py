@@ -110,3 +110,21 @@ def test_a_first_heartbeat_start_logs_no_warning(coordd: CoorddProcess) -> None:
         assert "unknown_agent" not in log and '"warning"' not in log
     finally:
         coordd.ctl("heartbeat-stop")
+
+
+def test_help_summaries_fit_80_columns_in_users_words() -> None:
+    """``coordctl --help`` at 80 columns: no summary cut short, no wire internals."""
+    import subprocess
+
+    from tests.conftest import BIN
+
+    out = subprocess.run(
+        [str(BIN / "coordctl"), "--help"],
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    ).stdout
+    commands = out.split("Commands:")[1].strip().splitlines()
+    assert len(commands) >= 25
+    for line in commands:
+        assert len(line) <= 80 and not line.endswith("...") and "sends" not in line, line

@@ -1,0 +1,83 @@
+"""Scenario cli (issue 16): what one ``coordctl`` call costs a shell agent that calls it in a loop.
+
+``coordctl status`` against a live daemon, as a whole process (interpreter start,
+imports, one request, exit), median of several runs, next to two references measured
+in the same run: ``python -c pass`` (the interpreter alone) and a Python process that
+only imports ``zmq``, ``click`` and ``msgspec`` and exits (the floor of the stack
+coordctl needs). Target (issue 16): at most 1.3 x that floor.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from bench.harness import BenchDaemon
+
+if TYPE_CHECKING:
+    from bench.scenarios import Bench
+
+TARGET = 1.3
+FLOOR = "import zmq, click, msgspec"
+
+
+class Cost(NamedTuple):
+    wall: float  # seconds, median
+    cpu: float  # user + system seconds of the process, median (steadier on a busy machine)
+
+
+def measure(argv: list[str], env: dict[str, str], runs: int) -> Cost:
+    """Median wall and CPU time of ``argv`` as a fresh process (one warm-up run first)."""
+    walls, cpus = [], []
+    for n in range(runs + 1):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=env, capture_output=True)
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv} exited {done.returncode}: {done.stderr[-300:]!r}")
+        if n:  # the first run warms the page cache
+            walls.append(elapsed)
+            cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return Cost(statistics.median(walls), statistics.median(cpus))
+
+
+def cli_startup(bench: Bench) -> None:
+    runs = 9 if bench.sizes.quick else 31
+    python = sys.executable
+    coordctl = str(Path(python).parent / "coordctl")
+    daemon = BenchDaemon(name="cbcli")
+    try:
+        daemon.start()
+        env = {**os.environ, "COORDD_CONFIG": str(daemon.config_path)}
+        env.pop("COORDINATION_DIR", None)
+        bare = measure([python, "-c", "pass"], env, runs)
+        floor = measure([python, "-c", FLOOR], env, runs)
+        status = measure([coordctl, "status"], env, runs)
+    finally:
+        daemon.close()
+    bench.add("cli_python_c_pass", bare.wall * 1000, "ms", n=runs, cpu_ms=round(bare.cpu * 1e3))
+    bench.add(
+        "cli_coordctl_status",
+        status.wall * 1000,
+        "ms",
+        reference="python -c 'import zmq, click, msgspec'",
+        reference_value=floor.wall * 1000,
+        n=runs,
+        target=f"<= {TARGET} x the floor",
+        met=status.wall <= TARGET * floor.wall,
+        vs_python_c_pass=round(status.wall / bare.wall, 2),
+        cpu_ms=round(status.cpu * 1e3),
+        floor_cpu_ms=round(floor.cpu * 1e3),
+    )
+
+
+# Picked up by bench/run.py (any bench/scenario_<topic>.py): ``--only cli``.
+STEPS = [("cli", cli_startup)]
