@@ -71,6 +71,7 @@ system-deps:
 	@command -v dpkg-deb >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) dpkg; }
 	@test -x /usr/bin/python3.11 || { $(SUDO) apt-get update && $(APT_INSTALL) python3.11; }
 	@command -v strace >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) strace; }
+	@command -v jq >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) jq; }
 
 # dist/coordd_<version>_<arch>.deb: coordd in its own venv under /opt/coordd, the
 # systemd unit, sysusers/tmpfiles files, /etc/coordd/coordd.toml, completions.
