@@ -13,7 +13,7 @@ import click
 from coordctl.base import Ctx
 
 
-@click.command("mcp")
+@click.command("mcp", short_help="Serve coordd to an LLM client as MCP tools")
 @click.option("--agent", help="Agent id to act as (default: $AGENT_ID, else a new agent_<ns>).")
 @click.option(
     "--ai/--no-ai",
