@@ -60,7 +60,8 @@ bench-quick: bench-deps
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# Debian tools the service tests use (tests/service): systemd-analyze,
+# Debian tools the service tests use (tests/service): PostgreSQL 15 for the
+# PostgreSQL store's tests (tests/postgres start a throwaway cluster), systemd-analyze,
 # systemd-sysusers and systemd-tmpfiles (package systemd), dpkg-deb (dpkg) and the
 # interpreter the .deb's venv is built for; strace for the fsync-order test
 # (tests/daemon/test_fsync_order.py). Skipped when already present.
@@ -72,6 +73,7 @@ system-deps:
 	@test -x /usr/bin/python3.11 || { $(SUDO) apt-get update && $(APT_INSTALL) python3.11; }
 	@command -v strace >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) strace; }
 	@command -v jq >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) jq; }
+	@test -x /usr/lib/postgresql/15/bin/initdb || { $(SUDO) apt-get update && $(APT_INSTALL) postgresql-15; }
 
 # dist/coordd_<version>_<arch>.deb: coordd in its own venv under /opt/coordd, the
 # systemd unit, sysusers/tmpfiles files, /etc/coordd/coordd.toml, completions.

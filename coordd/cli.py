@@ -85,6 +85,8 @@ def check_config(config_file: str | None) -> None:
     for key, value in msgspec.structs.asdict(cfg).items():
         if key in SECRET_KEYS and value:
             value = "<set>"  # never print a credential to a terminal or a log
+        elif key == "postgres_dsn":
+            value = config_mod.redact_dsn(value)
         click.echo(f"{key} = {value!r}")
 
 
@@ -176,3 +178,82 @@ def _locked_store_or_exit(cfg: config_mod.Config) -> Store:
         click.echo(f"coordd: {e}", err=True)
         sys.exit(1)
     return store
+
+
+@main.command()
+@config_option
+def migrate(config_file: str | None) -> None:
+    """Create or upgrade coordd's schema in PostgreSQL (store = postgres).
+
+    Versioned: each run applies the versions the database lacks, in one transaction,
+    and says from which version to which. Safe to run again; the file store has none.
+    """
+    from coordd.storage.store import StoreError, open_store
+
+    cfg = _load(config_file, {})
+    store = open_store(cfg)
+    try:
+        click.echo(store.migrate())
+    except StoreError as e:
+        click.echo(f"coordd: {e}", err=True)
+        sys.exit(1)
+    finally:
+        store.close()
+
+
+@main.command("copy-state")
+@config_option
+@click.option("--from", "source", type=click.Choice(["file", "postgres"]), required=True)
+@click.option("--to", "target", type=click.Choice(["file", "postgres"]), required=True)
+def copy_state(config_file: str | None, source: str, target: str) -> None:
+    """Copy the whole state from one store to the other (every coordd stopped).
+
+    Both sides come from the configuration: the file store is ``state_dir``, the
+    PostgreSQL store is ``cluster`` in ``postgres_dsn``. The target must be empty;
+    the copy is written there as one snapshot. The source is left as it was.
+    """
+    import time
+
+    import msgspec
+
+    from coordd.core.state import State
+    from coordd.storage.store import StoreError
+
+    if source == target:
+        click.echo("coordd: --from and --to name the same store", err=True)
+        sys.exit(2)
+    cfg = _load(config_file, {})
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    state = State(cfg.policy())
+    src = _locked_store_or_exit(msgspec.structs.replace(cfg, store=source))
+    try:
+        src.load(state)
+    except StoreError as e:
+        click.echo(f"coordd: cannot read the {source} store: {e}", err=True)
+        sys.exit(1)
+    finally:
+        src.close()
+    dst = _locked_store_or_exit(msgspec.structs.replace(cfg, store=target))
+    try:
+        already = State(cfg.policy())
+        dst.load(already)
+        if already.items or already.agents or already.completions:
+            click.echo(
+                f"coordd: the {target} store is not empty ({len(already.items)} items,"
+                f" {len(already.agents)} agents); refusing to overwrite it",
+                err=True,
+            )
+            sys.exit(1)
+        result = dst.snapshot(state, time.time())
+    except StoreError as e:
+        click.echo(f"coordd: cannot write the {target} store: {e}", err=True)
+        sys.exit(1)
+    finally:
+        dst.close()
+    if not result.ok:
+        click.echo(f"coordd: the copy failed: {result.reason}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"copied {len(state.items)} items, {len(state.agents)} agents,"
+        f" {len(state.completions)} completions from the {source} store to the {target} store"
+    )

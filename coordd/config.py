@@ -9,6 +9,7 @@ set in the environment as ``COORDD_<KEY>``; the old script's variables
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ LEGACY_ENV = {
 }
 
 FSYNC_POLICIES = tuple(FsyncPolicy)
+STORES = ("file", "postgres")
 AI_PROVIDERS = ("ollama", "claude", "auto")
 LOG_FORMATS = ("auto", "console", "json", "journal")
 # sun_path in sockaddr_un is 108 bytes including the terminating NUL.
@@ -66,6 +68,20 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fsync: str = FsyncPolicy.ALWAYS
     legacy_export: bool = False
     legacy_import: bool = True
+    # where the state is kept: "file" (state_dir) or "postgres" (README, Stores)
+    store: str = "file"
+    postgres_dsn: str = ""  # libpq URL or key=value string; its password is never logged
+    postgres_password_file: str = ""  # a file holding the password (else DSN or PGPASSWORD)
+    postgres_timeout: float = 5.0  # seconds any PostgreSQL call may take
+    cluster: str = "coordd"  # coordd processes with the same cluster name share one state
+    # The leader lease (PostgreSQL store). Anchors: Kubernetes leases 15 s / renew
+    # deadline 10 s / retry 2 s; River 15 s TTL, elects every 5 s. A leader renews every
+    # lease_renew and steps down lease_renew before expiry (15 - 5 = Kubernetes' 10 s
+    # renew deadline), so two renewals may fail before it does; a standby tries every
+    # lease_retry, so it serves within lease_duration + lease_retry of a leader's death.
+    lease_duration: float = 15.0
+    lease_renew: float = 5.0
+    lease_retry: float = 2.0
     # limits
     max_items: int = 5_000_000
     max_agents: int = 100_000
@@ -101,6 +117,16 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             retry_escalation=self.retry_escalation,
             work_types=dict(self.work_types),
         )
+
+
+_DSN_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*(@)|(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A libpq DSN (URL or key=value) with its password replaced by ``***``."""
+    return _DSN_PASSWORD.sub(
+        lambda m: f"{m[1]}***{m[2]}" if m[1] else f"{m[3]}***", dsn
+    )
 
 
 def _fill_paths(cfg: Config) -> Config:
@@ -205,10 +231,31 @@ def _at_most(problems: list[str], key: str, value: int, ceiling: int) -> None:
         problems.append(f"{key} must be <= {ceiling} (the protocol's limit), got {value}")
 
 
+def _check_store(problems: list[str], cfg: Config) -> None:
+    _choice(problems, "store", cfg.store, STORES)
+    if cfg.store == "postgres" and not cfg.postgres_dsn:
+        problems.append(
+            "store = postgres needs postgres_dsn (a libpq URL, e.g. postgresql:///coordd)"
+        )
+    if not cfg.cluster:
+        problems.append("cluster must not be empty")
+    # The leader steps down lease_renew before expiry: at least one retry must fit.
+    if cfg.lease_renew > 0 and not cfg.lease_renew * 2 <= cfg.lease_duration:
+        problems.append(
+            f"lease_renew ({cfg.lease_renew}) must be at most half of lease_duration"
+            f" ({cfg.lease_duration})"
+        )
+    if cfg.lease_retry > cfg.lease_renew:
+        problems.append(
+            f"lease_retry ({cfg.lease_retry}) must not exceed lease_renew ({cfg.lease_renew})"
+        )
+
+
 def validate(cfg: Config) -> list[str]:
     problems = validate_policy(cfg.policy())
     _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
     _choice(problems, "ai_provider", cfg.ai_provider, AI_PROVIDERS)
+    _check_store(problems, cfg)
     if cfg.ai_cache_ttl < 0:
         problems.append(f"ai_cache_ttl must be >= 0, got {cfg.ai_cache_ttl}")
     _choice(problems, "log_format", cfg.log_format, LOG_FORMATS)
@@ -219,6 +266,10 @@ def validate(cfg: Config) -> list[str]:
         "snapshot_interval",
         "ai_timeout",
         "client_timeout",
+        "postgres_timeout",
+        "lease_duration",
+        "lease_renew",
+        "lease_retry",
         "max_items",
         "max_agents",
         "max_message_bytes",

@@ -448,7 +448,23 @@ class Daemon:
         """Journal the batch (one fsync), then reply, then publish events."""
         records, events = self.state.drain()
         if records:
-            self.store.append(records)
+            try:
+                self.store.append(records)
+            except StoreError as e:
+                # Nothing of this batch is acknowledged: every waiting client hears why,
+                # then the daemon stops (its memory is ahead of what is stored).
+                self._refuse_waiting(f"not acknowledged: {e}")
+                raise
+        self._send_replies()
+        for ev in events:
+            publish(self.events_sock, self.codec, self.metrics.tally, ev)
+
+    def _refuse_waiting(self, message: str) -> None:
+        refusal = self.codec.encode(Error(code="unavailable", message=message))
+        self._replies = [(sock, envelope, refusal) for sock, envelope, _ in self._replies]
+        self._send_replies()
+
+    def _send_replies(self) -> None:
         for sock, envelope, payload in self._replies:
             try:
                 for part in envelope:
@@ -457,8 +473,6 @@ class Daemon:
             except zmq.ZMQError:
                 pass  # the peer is gone or its queue is full; nothing to do
         self._replies.clear()
-        for ev in events:
-            publish(self.events_sock, self.codec, self.metrics.tally, ev)
 
     def on_tick(self, now: float) -> None:
         started = time.perf_counter()

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import msgspec
 import structlog
 
 from coordd.core.model import Record
@@ -28,6 +27,7 @@ from coordd.storage.files import (
 )
 from coordd.storage.format1 import SNAPSHOT_V1_NAME
 from coordd.storage.fsck import FsckReport
+from coordd.storage.reports import LoadReport, ObserveFsync
 from coordd.storage.snapshot import (
     SNAPSHOT_NAME,
     SNAPSHOT_PREV_NAME,
@@ -55,20 +55,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("coordd.storage")
-
-# A callback that receives the duration of one journal sync, in seconds.
-ObserveFsync = Callable[[float], None]
-
-
-class LoadReport(msgspec.Struct, kw_only=True):
-    """What a load found: a snapshot or not, records replayed, torn bytes dropped."""
-
-    snapshot: bool = False
-    records: int = 0
-    torn_bytes: int = 0
-    generation: int = 1
-    fallback: str = ""  # the copy of a damaged newest snapshot, when the previous was used
-    upgraded_from: int = 0  # 1: format-1 files were read and written once in format 2
 
 
 class Store(Protocol):
@@ -115,12 +101,21 @@ class Store(Protocol):
         """Check (and with ``repair`` fix) what is stored; offline, instead of load."""
         ...
 
+    def migrate(self) -> str:
+        """Create or upgrade what the store needs before first use; says what it did."""
+        ...
+
     def close(self) -> None:
         """Wait for a running snapshot, flush what the policy promised, release the lock."""
 
 
 def open_store(cfg: Config, observe_fsync: ObserveFsync | None = None) -> Store:
-    """The store ``cfg`` names (today always the file store in ``cfg.state_dir``)."""
+    """The store ``cfg`` names: the file store in ``cfg.state_dir`` (the default) or
+    the PostgreSQL store of ``cfg.cluster`` (psycopg is imported only then)."""
+    if cfg.store == "postgres":
+        from coordd.storage.postgres import open_postgres
+
+        return open_postgres(cfg, observe_fsync)
     return FileStore(cfg.state_dir, cfg.fsync, observe_fsync)
 
 
@@ -255,6 +250,9 @@ class FileStore:
 
     def fsck(self, repair: bool, now: float) -> FsckReport:
         return fsck_mod.fsck(self.dir, repair, now)
+
+    def migrate(self) -> str:
+        return f"{self.dir}: the file store has no schema; nothing to migrate"
 
     # --- appending -----------------------------------------------------------------
 

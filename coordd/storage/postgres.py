@@ -1,0 +1,482 @@
+"""The PostgreSQL store: the journal, the snapshots and the leader lease of one
+``cluster`` in PostgreSQL, behind the same ``Store`` seam as the file store.
+
+What lives where (schema in ``pg_schema``):
+- ``coordd_journal``: one row per drained batch (group commit: one transaction, one
+  commit, replies after it), the records as msgpack of the ``Record`` union, so a new
+  record kind needs no schema change; ``seq`` (bigserial) orders the rows.
+- ``coordd_snapshot`` + ``coordd_snapshot_chunk``: the last snapshot (chunks of
+  records, so no bytea nears PostgreSQL's 1 GB value limit); writing one deletes the
+  journal rows it covers, in the same transaction.
+- ``coordd_lease``: who serves the cluster (holder, term, expiry judged by
+  PostgreSQL's ``now()``). Every journal and snapshot transaction locks that row
+  ``FOR SHARE`` and checks the term, so a stale leader can never write.
+
+Threads: the event loop never talks to PostgreSQL itself. Commits run on one
+journal thread (the loop waits for a commit where the file store waits for fsync, at
+most ``postgres_timeout``); the lease is renewed by its own thread and connection
+(``pg_lease``); a background snapshot is written by a forked child with its own
+connection, as the file store's child writes its file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import psycopg
+import structlog
+
+from coordd.core.model import AddCompletion, Agent, Completion, PutAgent, PutItem, Record, WorkItem
+from coordd.core.state import State
+from coordd.storage.files import StoreError
+from coordd.storage.fsck import FsckReport
+from coordd.storage.pg_lease import Lease, LeaseLost, one_line
+from coordd.storage.pg_schema import Connector, check_schema
+from coordd.storage.pg_schema import migrate as migrate_schema
+from coordd.storage.reports import LoadReport, ObserveFsync
+from coordd.storage.snapshot import SnapshotResult
+
+if TYPE_CHECKING:
+    from coordd.config import Config
+
+log = structlog.get_logger("coordd.storage")
+
+# Records per snapshot chunk: ~10 MB of msgpack at typical item sizes.
+CHUNK_RECORDS = 20_000
+SNAPSHOT_FORMAT_VERSION = 1
+
+
+class SnapshotHeader(msgspec.Struct, kw_only=True):
+    """What a snapshot holds besides its records."""
+
+    version: int = SNAPSHOT_FORMAT_VERSION
+    created_at: float = 0.0
+    lease_seq: int = 0
+    team_velocity: dict[str, int] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_records = msgspec.msgpack.Decoder(list[Record])
+_header = msgspec.msgpack.Decoder(SnapshotHeader)
+
+
+def encode_records(records: list[Record]) -> bytes:
+    return _encoder.encode(records)
+
+
+class Loaded(msgspec.Struct, kw_only=True):
+    """A consistent read of the cluster: the snapshot (if any) and the journal after it."""
+
+    snapshot: bool = False
+    covers: int = 0
+    last_seq: int = 0
+    header: SnapshotHeader = msgspec.field(default_factory=SnapshotHeader)
+    items: list[WorkItem] = []
+    agents: list[Agent] = []
+    completions: list[Completion] = []
+    journal: list[Record] = []
+
+    def restore_into(self, state: State) -> int:
+        return state.restore(
+            self.items,
+            self.agents,
+            self.completions,
+            self.header.team_velocity,
+            self.header.lease_seq,
+            self.journal,
+        )
+
+
+def read_cluster(conn: psycopg.Connection[Any], cluster: str, after: int = 0) -> Loaded:
+    """Snapshot + journal in one REPEATABLE READ transaction (a snapshot written
+    meanwhile cannot delete rows from under us). Journal rows from ``after``."""
+    out = Loaded()
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute(
+            "SELECT covers_seq, header FROM coordd_snapshot WHERE cluster = %s", (cluster,)
+        ).fetchone()
+        if row is not None:
+            out.snapshot, out.covers = True, row[0]
+            out.header = _header.decode(row[1])
+            cur = conn.execute(
+                "SELECT records FROM coordd_snapshot_chunk WHERE cluster = %s ORDER BY n",
+                (cluster,),
+            )
+            for (data,) in cur:
+                _sort_snapshot_records(out, _records.decode(data))
+        out.last_seq = out.covers
+        cur = conn.execute(
+            "SELECT seq, records FROM coordd_journal WHERE cluster = %s AND seq > %s ORDER BY seq",
+            (cluster, max(after, out.covers)),
+        )
+        for seq, data in cur:
+            out.journal.extend(_records.decode(data))
+            out.last_seq = seq
+    return out
+
+
+def _sort_snapshot_records(out: Loaded, records: list[Record]) -> None:
+    for rec in records:
+        if isinstance(rec, PutItem):
+            out.items.append(rec.item)
+        elif isinstance(rec, PutAgent):
+            out.agents.append(rec.agent)
+        else:
+            out.completions.append(rec.entry)
+
+
+def snapshot_chunks(state: State) -> Iterable[bytes]:
+    """The state's records in chunks of ``CHUNK_RECORDS``."""
+    batch: list[Record] = []
+    everything: Iterable[Record] = itertools.chain(
+        (PutItem(i) for i in state.items.values()),
+        (PutAgent(a) for a in state.agents.values()),
+        (AddCompletion(c) for c in state.completions),
+    )
+    for rec in everything:
+        batch.append(rec)
+        if len(batch) >= CHUNK_RECORDS:
+            yield _encoder.encode(batch)
+            batch = []
+    if batch:
+        yield _encoder.encode(batch)
+
+
+def write_snapshot(
+    conn: psycopg.Connection[Any], lease: Lease, state: State, now: float, covers: int
+) -> int:
+    """Replace the cluster's snapshot with ``state`` (which holds the journal up to
+    ``covers``) and delete the rows it covers; one transaction, fenced by the term.
+    Returns the bytes written."""
+    header = _encoder.encode(
+        SnapshotHeader(
+            created_at=now, lease_seq=state.lease_seq, team_velocity=dict(state.team_velocity)
+        )
+    )
+    size = len(header)
+    cluster = lease.cluster
+    with conn.transaction():
+        lease.check_term(conn)
+        conn.execute("DELETE FROM coordd_snapshot_chunk WHERE cluster = %s", (cluster,))
+        with conn.cursor().copy(
+            "COPY coordd_snapshot_chunk (cluster, n, records) FROM STDIN"
+        ) as copy:
+            for n, chunk in enumerate(snapshot_chunks(state)):
+                copy.write_row((cluster, n, chunk))
+                size += len(chunk)
+        conn.execute(
+            "INSERT INTO coordd_snapshot (cluster, covers_seq, created_at, header)"
+            " VALUES (%s, %s, now(), %s) ON CONFLICT (cluster) DO UPDATE SET"
+            " covers_seq = EXCLUDED.covers_seq, created_at = EXCLUDED.created_at,"
+            " header = EXCLUDED.header",
+            (cluster, covers, header),
+        )
+        conn.execute(
+            "DELETE FROM coordd_journal WHERE cluster = %s AND seq <= %s", (cluster, covers)
+        )
+    return size
+
+
+class PostgresStore:
+    """The journal and snapshots of one cluster in PostgreSQL, written by the lease
+    holder only. Owned by the event loop; its threads own their connections."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        lease: Lease,
+        timeout: float,
+        observe_fsync: ObserveFsync | None = None,
+    ) -> None:
+        self.connector = connector
+        self.lease = lease
+        self.cluster = lease.cluster
+        self.timeout = timeout
+        self.observe = observe_fsync
+        self.last_seq = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordd-pg")
+        self._local = threading.local()
+        self._child: _Child | None = None
+        self._child_covers = 0
+        self._broken = ""
+
+    @property
+    def snapshot_running(self) -> bool:
+        return self._child is not None
+
+    # --- the journal thread -------------------------------------------------------
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        """This thread's connection (made on first use, and again after a failure)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.connector.connect()
+            self._local.conn = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def _run(self, job: Callable[[psycopg.Connection[Any]], Any], what: str) -> Any:
+        """Run ``job`` on the journal thread and wait for it (at most ``timeout``).
+        Raises StoreError saying what failed; after a failure the outcome is unknown
+        (a commit may still land), so the caller must stop acknowledging."""
+
+        def on_thread() -> Any:
+            try:
+                return job(self._conn())
+            except psycopg.Error:
+                self._drop_conn()
+                raise
+
+        future = self._pool.submit(on_thread)
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._broken = f"PostgreSQL did not answer within {self.timeout:g}s ({what})"
+        except LeaseLost as e:
+            self._broken = f"{what} refused: {e}"
+        except psycopg.Error as e:
+            self._broken = f"{what} failed: PostgreSQL: {one_line(e)}"
+        raise StoreError(self._broken)
+
+    # --- the seam -----------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the cluster's lease (the file store's state-dir lock); raises StoreError
+        naming the holder."""
+        self._run(lambda conn: check_schema(conn), "schema check")
+        self.lease.acquire_or_raise()
+        self.lease.start_renewing()
+
+    def load(self, state: State) -> LoadReport:
+        loaded: Loaded = self._run(lambda c: read_cluster(c, self.cluster), "load")
+        report = LoadReport(snapshot=loaded.snapshot, generation=self.lease.term)
+        report.records = loaded.restore_into(state)
+        self.last_seq = loaded.last_seq
+        return report
+
+    def append(self, records: list[Record]) -> None:
+        self._check_usable()
+        data = encode_records(records)
+        t0 = time.monotonic()
+        self.last_seq = self._run(lambda c: self._insert(c, data), "journal commit")
+        if self.observe is not None:
+            self.observe(time.monotonic() - t0)
+
+    def _insert(self, conn: psycopg.Connection[Any], data: bytes) -> int:
+        # One statement (one round trip, one commit in autocommit mode): the CTE locks
+        # the lease row FOR SHARE, so a takeover waits for this commit or this insert
+        # sees the new term and writes nothing.
+        row = conn.execute(
+            "WITH l AS (SELECT term FROM coordd_lease WHERE cluster = %(c)s AND term = %(t)s"
+            " AND holder = %(h)s FOR SHARE)"
+            " INSERT INTO coordd_journal (cluster, term, records)"
+            " SELECT %(c)s, l.term, %(r)s FROM l RETURNING seq",
+            {"c": self.cluster, "t": self.lease.term, "h": self.lease.holder, "r": data},
+        ).fetchone()
+        if row is None:
+            raise LeaseLost(self.lease.describe_loss(conn))
+        seq: int = row[0]
+        return seq
+
+    def sync(self) -> None:
+        """Every append has committed already."""
+
+    def tick(self) -> None:
+        """Step down when the lease is gone: refused, or not renewed in time by our own
+        monotonic clock (a margin before PostgreSQL's expiry)."""
+        self._check_usable()
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise StoreError(self._broken)
+        problem = self.lease.problem()
+        if problem:
+            self._broken = problem
+            raise StoreError(problem)
+
+    def fsck(self, repair: bool, now: float) -> FsckReport:
+        report = FsckReport()
+        try:
+            loaded: Loaded = self._run(lambda c: read_cluster(c, self.cluster), "read")
+        except StoreError as e:
+            report.problems.append(str(e))
+            return report
+        except msgspec.DecodeError as e:
+            report.problems.append(f"cluster {self.cluster}: a row cannot be decoded: {e}")
+            return report
+        if repair:
+            report.actions.append("nothing to repair: PostgreSQL keeps its own consistency")
+        log.info("fsck_read", records=len(loaded.journal), items=len(loaded.items))
+        return report
+
+    def migrate(self) -> str:
+        before, after = self._run(migrate_schema, "migrate")
+        where = f"{self.connector.redacted()}"
+        if before == after:
+            return f"{where}: coordd schema is at version {after}; nothing to do"
+        return f"{where}: coordd schema upgraded from version {before} to {after}"
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.wait()
+            self._child = None
+        self.lease.stop(release=not self._broken)
+        self._pool.submit(self._drop_conn)
+        self._pool.shutdown(wait=False, cancel_futures=False)
+
+    # --- snapshots ----------------------------------------------------------------
+
+    def snapshot(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> SnapshotResult:
+        if self._child is not None:
+            self._child.wait()
+            self._child = None
+        t0 = time.monotonic()
+        covers = self.last_seq
+        try:
+            size = self._run(
+                lambda c: write_snapshot(c, self.lease, state, now, covers), "snapshot"
+            )
+        except StoreError as e:
+            self._broken = ""  # a failed snapshot degrades; the journal may still work
+            return SnapshotResult(ok=False, reason=str(e))
+        if after is not None:
+            after()
+        took = time.monotonic() - t0
+        return SnapshotResult(
+            ok=True, seconds=took, blocked=took, bytes=size, items=len(state.items)
+        )
+
+    def snapshot_background(
+        self, state: State, now: float, after: Callable[[], None] | None = None
+    ) -> bool:
+        if self._child is not None:
+            return False
+        covers = self.last_seq
+        connector, lease = self.connector, self.lease
+
+        def job() -> dict[str, Any]:
+            conn = connector.connect()
+            size = write_snapshot(conn, lease, state, now, covers)
+            conn.close()
+            if after is not None:
+                after()
+            return {"bytes": size}
+
+        self._child = _fork(job, len(state.items))
+        self._child_covers = covers
+        return True
+
+    def poll_snapshot(self) -> SnapshotResult | None:
+        child = self._child
+        if child is None:
+            return None
+        result = child.poll()
+        if result is not None:
+            self._child = None
+        return result
+
+
+# --- the snapshot child ----------------------------------------------------------
+
+
+def _fork(job: Callable[[], dict[str, Any]], items: int) -> _Child:
+    """Run ``job`` in a forked child (a copy-on-write image of the state): the loop is
+    held only for the fork. The child opens its own connection, never the parent's."""
+    t0 = time.monotonic()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            _die_with_parent()
+            try:
+                out = {"ok": True, **job(), "seconds": time.monotonic() - t0}
+                code = 0
+            except LeaseLost as e:
+                out = {"ok": False, "reason": f"snapshot refused: {e}"}
+            except psycopg.Error as e:
+                out = {"ok": False, "reason": f"snapshot failed: PostgreSQL: {one_line(e)}"}
+            except Exception as e:  # a bug; the parent logs it
+                out = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    return _Child(pid, r, t0, items, time.monotonic() - t0)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class _Child:
+    def __init__(self, pid: int, r: int, t0: float, items: int, blocked: float) -> None:
+        self.pid, self.r, self.t0, self.items, self.blocked = pid, r, t0, items, blocked
+
+    def poll(self, block: bool = False) -> SnapshotResult | None:
+        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return None
+        chunks = []
+        while chunk := os.read(self.r, 65536):
+            chunks.append(chunk)
+        os.close(self.r)
+        try:
+            out = json.loads(b"".join(chunks) or b"{}")
+        except ValueError:
+            out = {}
+        if not out:
+            out = {"ok": False, "reason": f"snapshot child ended with status {status}"}
+        return SnapshotResult(
+            ok=bool(out.get("ok")),
+            reason=str(out.get("reason", "")),
+            seconds=float(out.get("seconds", time.monotonic() - self.t0)),
+            blocked=self.blocked,
+            bytes=int(out.get("bytes", 0)),
+            items=self.items,
+        )
+
+    def wait(self) -> SnapshotResult:
+        result = self.poll(block=True)
+        assert result is not None
+        return result
+
+
+def open_postgres(cfg: Config, observe_fsync: ObserveFsync | None = None) -> PostgresStore:
+    """The PostgreSQL store of ``cfg.cluster``; this process's holder name is its host
+    and pid, its address the agent endpoint clients should use while it leads."""
+    connector = Connector(cfg.postgres_dsn, cfg.postgres_password_file, cfg.postgres_timeout)
+    lease = Lease(
+        connector,
+        cfg.cluster,
+        holder=f"{socket.gethostname()}:{os.getpid()}",
+        address=cfg.agent_endpoint,
+        duration=cfg.lease_duration,
+        renew=cfg.lease_renew,
+        retry=cfg.lease_retry,
+    )
+    return PostgresStore(connector, lease, cfg.postgres_timeout, observe_fsync)
