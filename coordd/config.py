@@ -124,9 +124,7 @@ _DSN_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*(@)|(password\s*=\s*)('(?:[^'\\]|
 
 def redact_dsn(dsn: str) -> str:
     """A libpq DSN (URL or key=value) with its password replaced by ``***``."""
-    return _DSN_PASSWORD.sub(
-        lambda m: f"{m[1]}***{m[2]}" if m[1] else f"{m[3]}***", dsn
-    )
+    return _DSN_PASSWORD.sub(lambda m: f"{m[1]}***{m[2]}" if m[1] else f"{m[3]}***", dsn)
 
 
 def _fill_paths(cfg: Config) -> Config:

@@ -60,7 +60,10 @@ ERROR_CODES: dict[str, str] = {
     "not_allowed": "not for this caller: an operator-only request on the agent endpoint,"
     " or an agent id the client's CURVE key was not allowed for",
     "limit_reached": "a configured limit (items, agents) would be exceeded",
-    "unavailable": "the daemon cannot do this right now (e.g. AI provider down)",
+    "unavailable": "the daemon cannot do this right now (e.g. AI provider down, or the"
+    " store could not commit: nothing of the request was acknowledged)",
+    "not_leader": "this coordd is a standby: only reads are served; ``leader`` is where"
+    " the leader serves agents",
     "internal": "an unexpected error inside coordd (a bug; see the logs)",
 }
 
@@ -299,6 +302,7 @@ class Ok(Reply, tag="ok"):
 class Error(Reply, tag="error"):
     code: str
     message: str
+    leader: str | None = None  # with not_leader: the leader's agent endpoint, if known
 
 
 AnyReply = Ok | Error

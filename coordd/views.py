@@ -274,6 +274,10 @@ class StatusView(View):
     snapshot: SnapshotView
     metrics: MetricsView
     ai: dict[str, float]
+    # PostgreSQL store: "standby" while another coordd leads (its agent endpoint in
+    # ``leader``); a leader names its own. The file store always leads.
+    role: str = "leader"
+    leader: str | None = None
 
 
 def snapshot_view(d: dict[str, Any]) -> SnapshotView:
@@ -300,6 +304,8 @@ def status_view(d: dict[str, Any]) -> StatusView:
         uptime_seconds=d["uptime"],
         health=d["health"],
         degraded_reason=opt(d.get("degraded_reason")),
+        role=d.get("role", "leader"),
+        leader=opt(d.get("leader")),
         counts=msgspec.convert(counts, Counts),
         counters=d["counters"],
         team_velocity=d["team_velocity"],

@@ -339,6 +339,8 @@ def status(ctx: Ctx, as_json: bool) -> None:
         health = s.health + (f" ({s.degraded_reason})" if s.degraded_reason else "")
         why = {"address_in_use": "address in use"}.get(m.reason or "", m.reason)
         metrics = f"on ({m.listen})" if m.state == "on" else f"off ({why})"
+        if s.role == "standby":  # PostgreSQL store: another coordd leads
+            health += f", standby (leader: {s.leader or 'unknown'})"
         return "\n".join(
             [
                 f"coordd {s.version} pid {s.pid}, up {render.duration(s.uptime_seconds)}: {health}",

@@ -97,6 +97,24 @@ class Indexes:
         """The blocked items that wait (among others) for ``dep``."""
         return list(self.dependents.get(dep, ()))
 
+    def replace(
+        self,
+        old: WorkItem | None,
+        new: WorkItem,
+        policy: Policy,
+        not_before: float,
+        unmet: Sequence[str] = (),
+    ) -> None:
+        """Move an item from where ``old`` stood to where ``new`` stands (a standby
+        applying its leader's record: the transition itself happened elsewhere)."""
+        if old is not None:
+            self.leave(old)
+            if old.status not in (Status.PENDING, Status.ACTIVE):
+                self.n_other[old.status] = self.n_other.get(old.status, 0) - 1
+        self.enter(new, policy, not_before, unmet)
+        if new.status not in (Status.PENDING, Status.ACTIVE):
+            self.count_finished(new.status)
+
     def count_finished(self, status: str) -> None:
         """One more item in no index (completed or failed)."""
         self.n_other[status] = self.n_other.get(status, 0) + 1

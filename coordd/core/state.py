@@ -804,6 +804,23 @@ class State:
                 points = rec.entry.velocity_points
                 self.team_velocity[team] = self.team_velocity.get(team, 0) + points
 
+    def follow(self, records: Iterable[Record]) -> int:
+        """Apply records another coordd journaled (a standby following its leader),
+        keeping every index as ``restore`` would build it; returns the records applied."""
+        n = 0
+        for rec in records:
+            if isinstance(rec, PutItem):
+                old, item = self.items.get(rec.item.work_item_id), rec.item
+                self.apply_record(rec)
+                unmet = (
+                    rules.unmet(item, self.items) if item.after and item.status == "pending" else ()
+                )
+                self._ix.replace(old, item, self.policy, self.not_before, unmet)
+            else:
+                self.apply_record(rec)
+            n += 1
+        return n
+
     def drain(self) -> tuple[list[Record], list[Event]]:
         """Take what happened since the last drain (the edges write and publish it)."""
         records, events = self.records, self.events

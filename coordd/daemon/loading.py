@@ -14,10 +14,18 @@ from coordd.storage.store import Store
 log = structlog.get_logger("coordd")
 
 
-def load_state(cfg: Config, state: State, store: Store, snapshots: Snapshots, now: float) -> None:
-    """Snapshot + journal replay, then a legacy import if this is a first start; the
-    restart grace starts at ``now`` (downtime is never counted against an agent).
-    Raises ``StoreError`` when the store cannot be read."""
+def load_state(
+    cfg: Config,
+    state: State,
+    store: Store,
+    snapshots: Snapshots,
+    now: float,
+    writable: bool = True,
+) -> None:
+    """Snapshot + journal replay, then a legacy import if this is a first start (and
+    ``writable``: a standby writes nothing); the restart grace starts at ``now``
+    (downtime is never counted against an agent). Raises ``StoreError`` when the store
+    cannot be read."""
     report = store.load(state)
     log.info(
         "state_loaded",
@@ -30,7 +38,8 @@ def load_state(cfg: Config, state: State, store: Store, snapshots: Snapshots, no
         generation=report.generation,
     )
     first_start = not report.snapshot
-    if first_start and cfg.legacy_import and legacy.has_legacy_files(cfg.coordination_dir):
+    legacy_files = cfg.legacy_import and legacy.has_legacy_files(cfg.coordination_dir)
+    if first_start and writable and legacy_files:
         import_legacy(cfg.coordination_dir, state, store, snapshots, now)
     snapshots.schedule_from(now)
     state.start_grace(now)

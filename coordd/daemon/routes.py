@@ -47,6 +47,8 @@ class Facts:
     snapshot: dict[str, Any]
     ai: dict[str, float]
     metrics: dict[str, Any] | None = None  # {state: on|off, listen, reason}
+    role: str = "leader"  # or "standby" (PostgreSQL store, another coordd leads)
+    leader: str = ""  # a standby: the leader's agent endpoint
 
 
 @dataclass

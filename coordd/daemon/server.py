@@ -35,14 +35,14 @@ from coordd.config import Config
 from coordd.core import recovery
 from coordd.core.model import DomainError, Limits
 from coordd.core.state import State
-from coordd.daemon import ai_edge, handlers, loading, metrics, routes
+from coordd.daemon import ai_edge, handlers, loading, metrics, routes, standby
 from coordd.daemon.events import publish
 from coordd.daemon.notify import Notifier
 from coordd.daemon.reload import reload as reload_config
 from coordd.daemon.security import Curve, CurveError
 from coordd.daemon.snapshots import Snapshots
 from coordd.protocol import Error, Ok
-from coordd.storage.store import Store, StoreError, open_store
+from coordd.storage.store import Role, Store, StoreError, open_store
 
 log = structlog.get_logger("coordd")
 
@@ -89,6 +89,9 @@ class Daemon:
         self.started_at = clock()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._stop = False
+        # A shared store (PostgreSQL) may make this process a standby (daemon/standby.py).
+        self.role = Role()
+        self.leading = True
         # systemd integration (notify.py), reload (SIGHUP) and metrics (metrics.py).
         self.notifier = notifier or Notifier({})
         self.load_config = load_config
@@ -118,6 +121,8 @@ class Daemon:
             snapshot=snaps.last,
             ai=self.ai.counters(),
             metrics=dict(self.metrics.state),
+            role="leader" if self.leading else "standby",
+            leader=self.cfg.agent_endpoint if self.leading else self.role.leader_address,
         )
 
     # --- start and stop ----------------------------------------------------------
@@ -132,9 +137,17 @@ class Daemon:
         except (OSError, ValueError) as e:
             raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        # Before the lock: a standby's store threads wake the loop through it.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._lock_state_dir()
         try:
-            loading.load_state(cfg, self.state, self.store, self.snapshots, self.clock())
+            self.role = self.store.role()
+            self.leading = self.role.leader
+            loading.load_state(
+                cfg, self.state, self.store, self.snapshots, self.clock(), self.leading
+            )
         except StoreError as e:
             raise StartupError(str(e)) from None
         run_dir = Path(cfg.run_dir)
@@ -150,9 +163,6 @@ class Daemon:
         self.control_sock = self._bind(zmq.ROUTER, "ipc://" + cfg.control_socket)
         self._secure_control_socket()
         self.events_sock = self._bind(zmq.PUB, cfg.events_endpoint, ring_for(cfg.events_endpoint))
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
@@ -167,11 +177,13 @@ class Daemon:
             state_dir=cfg.state_dir,
             stale_threshold=cfg.stale_threshold,
             recovery=cfg.recovery,
+            store=cfg.store,
+            role="leader" if self.leading else "standby",
         )
 
     def _lock_state_dir(self) -> None:
         try:
-            self.store.lock()
+            self.store.lock(standby=self._wake_loop)
         except StoreError as e:
             raise StartupError(str(e)) from None
 
@@ -247,13 +259,14 @@ class Daemon:
             poller.register(zap, zmq.POLLIN)
         next_tick = self.clock() + self.cfg.tick_interval
         self._sample()
-        self.notifier.ready(self.metrics.summary())
+        self.notifier.ready(self._status_line())
         while not self._stop:
             # Round up: a timeout truncated to 0 ms would spin until the tick is due.
             wait = min(next_tick - self.clock(), self.notifier.seconds_to_ping())
             timeout_ms = max(0, math.ceil(wait * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = self.clock()
+            self._check_role(now)
             if self.agent_sock in ready:
                 self._drain(self.agent_sock, now, from_control=False)
             if self.control_sock in ready:
@@ -275,7 +288,45 @@ class Daemon:
             self.notifier.ping()
         self.notifier.stopping()
         log.info("stopping", reason="signal")
-        self.snapshots.write_now()
+        if self.leading:
+            self.snapshots.write_now()
+
+    # --- leader or standby ---------------------------------------------------------
+
+    def _check_role(self, now: float) -> None:
+        """Before serving anything on this wake-up: a leader whose lease is gone (or was
+        not renewed in time, e.g. it was paused) steps down; a standby follows its
+        leader, or takes over when the lease became its own."""
+        role = self.store.role()
+        if self.leading:
+            if role.problem:
+                log.error("stepping_down", reason=role.problem)
+                raise StoreError(role.problem)
+            return
+        if role.leader:
+            self._take_over(now)
+            return
+        self.store.follow(self.state)
+        if role != self.role:
+            self.role = role
+            self.notifier.status(self._status_line())
+
+    def _take_over(self, now: float) -> None:
+        """The lease is ours: apply the rest of the journal, restart grace (agents get
+        one threshold to find us), then serve writes."""
+        self.store.take_over(self.state)
+        # Indexes from scratch, as a restart builds them: what a record does not say
+        # (an item unblocked when its dependency completed) is derived here.
+        self.state.rebuild_indexes()
+        self.state.start_grace(now)
+        self.snapshots.schedule_from(now)
+        self.leading = True
+        self.role = self.store.role()
+        log.info("leading", agent_endpoint=self.cfg.agent_endpoint, items=len(self.state.items))
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return self.metrics.summary() if self.leading else standby.status_line(self.role)
 
     def _wake_loop(self) -> None:
         """Called from another thread (the AI worker): make the poller return."""
@@ -292,6 +343,9 @@ class Daemon:
             pass
 
     def _drain(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
+        if not self.leading:
+            self._drain_standby(sock, now, from_control)
+            return
         if self.agent_keyed and sock is self.agent_sock:
             self._drain_keyed(sock, now)
             return
@@ -347,6 +401,30 @@ class Daemon:
             frames = [p.bytes for p in parts]
             key = str(client_key) if client_key else None
             self._handle_safely(sock, frames, now, False, None, key)
+
+    def _drain_standby(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
+        """A standby: reads are served from the followed state, anything else (writes,
+        heartbeats) is refused with the leader's address."""
+        keyed = self.agent_keyed and sock is self.agent_sock
+        for _ in range(self.cfg.max_batch):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            key = None
+            if keyed:
+                try:
+                    key = str(parts[-1].get("User-Id")) or None
+                except zmq.ZMQError:
+                    key = None
+            frames = [p.bytes for p in parts]
+            req = self._decode(sock, frames[:-1], frames[-1]) if len(frames) > 1 else None
+            if req is None:
+                continue
+            if type(req) in standby.READS:
+                self._handle_safely(sock, frames, now, from_control, req, key)
+            else:
+                self._reply(sock, frames[:-1], standby.refusal(self.role))
 
     def _handle_safely(
         self,
@@ -475,11 +553,12 @@ class Daemon:
         self._replies.clear()
 
     def on_tick(self, now: float) -> None:
-        started = time.perf_counter()
-        recovery.tick(self.state, now)
-        metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+        if self.leading:  # a standby judges nobody: its leader does, and journals it
+            started = time.perf_counter()
+            recovery.tick(self.state, now)
+            metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         self._sample()
-        self.notifier.status(self.metrics.summary())
+        self.notifier.status(self._status_line())
 
     def _sample(self) -> None:
         """Hand the metrics thread a copy of the counts (it must not walk live dicts)."""
@@ -488,7 +567,8 @@ class Daemon:
     def on_wake(self, now: float) -> None:
         """Durability chores on every wake-up: everysec fsync, snapshot child, timer."""
         self.store.tick()
-        self.snapshots.on_wake(now)
+        if self.leading:
+            self.snapshots.on_wake(now)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; thresholds, recovery policy and AI settings
@@ -500,7 +580,7 @@ class Daemon:
             for holder in (self.control_ctx, self.agent_ctx, self.snapshots):
                 holder.cfg = new
             self.ai.reconfigure(new)
-        self.notifier.ready(self.metrics.summary())
+        self.notifier.ready(self._status_line())
 
 
 def _limits(cfg: Config) -> Limits:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -60,7 +61,8 @@ FROM coordd_lease WHERE cluster = %s
 
 
 class Lease:
-    """This process's claim on one cluster."""
+    """This process's claim on one cluster: taken at start, or (a standby) tried every
+    ``retry`` seconds and right at the holder's expiry, then renewed every ``renew``."""
 
     def __init__(
         self,
@@ -78,9 +80,13 @@ class Lease:
         self.address = address
         self.duration, self.renew, self.retry = duration, renew, retry
         self.term = 0
+        self.leading = False
+        self.seen: Holder | None = None  # the holder, as a standby last saw it
+        self.wake: Callable[[], None] = _nothing  # called from the thread on news
         self._valid_until = 0.0  # monotonic
         self._lost = ""
-        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._stopped = False
         self._thread: threading.Thread | None = None
 
     # --- taking it ------------------------------------------------------------------
@@ -94,9 +100,12 @@ class Lease:
             self.term = int(row[0])
             self._valid_until = sent + self.duration - self.renew
             self._lost = ""
+            self.leading = True
+            self.seen = None
             log.info("lease_acquired", cluster=self.cluster, term=self.term, holder=self.holder)
             return None
-        return self.current(conn)
+        self.seen = self.current(conn)
+        return self.seen
 
     def current(self, conn: psycopg.Connection[Any]) -> Holder | None:
         row = conn.execute(_HOLDER, (self.cluster,)).fetchone()
@@ -106,16 +115,20 @@ class Lease:
 
     def acquire_or_raise(self) -> None:
         """Take the lease now or raise StoreError naming the holder."""
-        try:
-            with self.connector.connect() as conn:
-                held = self.try_acquire(conn)
-        except psycopg.Error as e:
-            raise StoreError(f"cannot take the lease: PostgreSQL: {one_line(e)}") from None
+        held = self.acquire_or_stand_by()
         if held is not None:
             raise StoreError(
                 f"cluster {self.cluster!r} is served by {held.holder} at {held.address}"
                 f" (term {held.term}, lease expires in {max(0.0, held.seconds_left):.1f}s)"
             )
+
+    def acquire_or_stand_by(self) -> Holder | None:
+        """Try once: None when the lease is ours, else its holder (we stand by)."""
+        try:
+            with self.connector.connect() as conn:
+                return self.try_acquire(conn)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot take the lease: PostgreSQL: {one_line(e)}") from None
 
     # --- fencing ----------------------------------------------------------------------
 
@@ -140,50 +153,69 @@ class Lease:
         """Why this process may no longer serve as leader ('' while it may)."""
         if self._lost:
             return self._lost
-        if self.term and time.monotonic() >= self._valid_until:
+        if self.leading and time.monotonic() >= self._valid_until:
             return (
                 f"lease of cluster {self.cluster!r} (term {self.term}) not renewed in time:"
                 " stepping down before it expires"
             )
         return ""
 
-    # --- keeping it -------------------------------------------------------------------
+    # --- keeping it, or waiting for it --------------------------------------------------
 
-    def start_renewing(self) -> None:
-        self._thread = threading.Thread(target=self._renew_loop, name="coordd-lease", daemon=True)
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="coordd-lease", daemon=True)
         self._thread.start()
 
-    def _renew_loop(self) -> None:
+    def poke(self) -> None:
+        """Try now (a standby heard that the lease was released)."""
+        self._poke.set()
+
+    def _loop(self) -> None:
         conn: psycopg.Connection[Any] | None = None
-        next_at = time.monotonic() + self.renew
-        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+        next_at = time.monotonic() + (self.renew if self.leading else 0.0)
+        while True:
+            self._poke.wait(max(0.0, next_at - time.monotonic()))
+            self._poke.clear()
+            if self._stopped or self._lost:
+                break
             sent = time.monotonic()
             try:
                 conn = conn if conn is not None and not conn.closed else self.connector.connect()
-                params = {"c": self.cluster, "h": self.holder, "t": self.term, "d": self.duration}
-                row = conn.execute(_RENEW, params).fetchone()
-                if row is None:
-                    self._lost = f"lease renewal refused: {self.describe_loss(conn)}"
-                    log.error("lease_lost", cluster=self.cluster, term=self.term)
-                    break
+                next_at = sent + (self._renew(conn, sent) if self.leading else self._try(conn))
             except psycopg.Error as e:
-                log.warning("lease_renew_failed", cluster=self.cluster, reason=one_line(e))
+                log.warning("lease_call_failed", cluster=self.cluster, reason=one_line(e))
                 if conn is not None:
                     conn.close()
                 conn = None
                 next_at = sent + self.retry
-                continue
-            self._valid_until = sent + self.duration - self.renew
-            next_at = sent + self.renew
         if conn is not None:
             conn.close()
 
+    def _renew(self, conn: psycopg.Connection[Any], sent: float) -> float:
+        params = {"c": self.cluster, "h": self.holder, "t": self.term, "d": self.duration}
+        if conn.execute(_RENEW, params).fetchone() is None:
+            self._lost = f"lease renewal refused: {self.describe_loss(conn)}"
+            log.error("lease_lost", cluster=self.cluster, term=self.term)
+            self.wake()
+            return 0.0
+        self._valid_until = sent + self.duration - self.renew
+        return self.renew
+
+    def _try(self, conn: psycopg.Connection[Any]) -> float:
+        held = self.try_acquire(conn)
+        self.wake()  # taken, or news of who holds it
+        if held is None:
+            return self.renew
+        # Try again right after the holder's expiry, or every retry, whichever is first.
+        return min(self.retry, max(0.02, held.seconds_left + 0.02))
+
     def stop(self, release: bool) -> None:
         """Stop renewing; with ``release``, let a standby take over at once."""
-        self._stop.set()
+        self._stopped = True
+        self._poke.set()
         if self._thread is not None:
             self._thread.join(self.connector.timeout + 1)
-        if not (release and self.term and not self.problem()):
+        if not (release and self.leading and not self.problem()):
             return
         try:
             with self.connector.connect() as conn:
@@ -192,9 +224,14 @@ class Lease:
                     " WHERE cluster = %s AND holder = %s AND term = %s",
                     (self.cluster, self.holder, self.term),
                 )
+                conn.execute("SELECT pg_notify('coordd_lease', %s)", (self.cluster,))
             log.info("lease_released", cluster=self.cluster, term=self.term)
         except psycopg.Error as e:
             log.warning("lease_release_failed", cluster=self.cluster, reason=one_line(e))
+
+
+def _nothing() -> None:
+    pass
 
 
 def one_line(e: BaseException) -> str:

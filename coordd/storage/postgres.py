@@ -21,6 +21,7 @@ connection, as the file store's child writes its file.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -43,7 +44,7 @@ from coordd.storage.fsck import FsckReport
 from coordd.storage.pg_lease import Lease, LeaseLost, one_line
 from coordd.storage.pg_schema import Connector, check_schema
 from coordd.storage.pg_schema import migrate as migrate_schema
-from coordd.storage.reports import LoadReport, ObserveFsync
+from coordd.storage.reports import LoadReport, ObserveFsync, Role
 from coordd.storage.snapshot import SnapshotResult
 
 if TYPE_CHECKING:
@@ -75,8 +76,10 @@ def encode_records(records: list[Record]) -> bytes:
 
 
 class Loaded(msgspec.Struct, kw_only=True):
-    """A consistent read of the cluster: the snapshot (if any) and the journal after it."""
+    """A consistent read of the cluster: the snapshot and the journal after it
+    (``full``), or only the journal rows after a sequence number a reader had."""
 
+    full: bool = True
     snapshot: bool = False
     covers: int = 0
     last_seq: int = 0
@@ -86,7 +89,10 @@ class Loaded(msgspec.Struct, kw_only=True):
     completions: list[Completion] = []
     journal: list[Record] = []
 
-    def restore_into(self, state: State) -> int:
+    def apply_to(self, state: State) -> int:
+        """Replace ``state`` with a full read, or follow the rows of a partial one."""
+        if not self.full:
+            return state.follow(self.journal)
         return state.restore(
             self.items,
             self.agents,
@@ -97,17 +103,21 @@ class Loaded(msgspec.Struct, kw_only=True):
         )
 
 
-def read_cluster(conn: psycopg.Connection[Any], cluster: str, after: int = 0) -> Loaded:
+def read_cluster(conn: psycopg.Connection[Any], cluster: str, after: int | None = None) -> Loaded:
     """Snapshot + journal in one REPEATABLE READ transaction (a snapshot written
-    meanwhile cannot delete rows from under us). Journal rows from ``after``."""
+    meanwhile cannot delete rows from under us). With ``after`` (the last row a reader
+    applied): only the rows after it, unless a snapshot has compacted past it since,
+    in which case everything again (``full``)."""
     out = Loaded()
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = conn.execute(
             "SELECT covers_seq, header FROM coordd_snapshot WHERE cluster = %s", (cluster,)
         ).fetchone()
-        if row is not None:
-            out.snapshot, out.covers = True, row[0]
+        out.covers = row[0] if row is not None else 0
+        out.full = after is None or out.covers > after
+        if row is not None and out.full:
+            out.snapshot = True
             out.header = _header.decode(row[1])
             cur = conn.execute(
                 "SELECT records FROM coordd_snapshot_chunk WHERE cluster = %s ORDER BY n",
@@ -115,15 +125,78 @@ def read_cluster(conn: psycopg.Connection[Any], cluster: str, after: int = 0) ->
             )
             for (data,) in cur:
                 _sort_snapshot_records(out, _records.decode(data))
-        out.last_seq = out.covers
+        start = out.covers if out.full or after is None else after
+        out.last_seq = start
         cur = conn.execute(
             "SELECT seq, records FROM coordd_journal WHERE cluster = %s AND seq > %s ORDER BY seq",
-            (cluster, max(after, out.covers)),
+            (cluster, start),
         )
         for seq, data in cur:
             out.journal.extend(_records.decode(data))
             out.last_seq = seq
     return out
+
+
+class Follower:
+    """A standby's reader of the journal: LISTENs on ``coordd_journal`` (and
+    ``coordd_lease``, to try the lease at once when a leader releases it), reads the
+    rows after the last it read, and queues them for the loop. Its own thread and
+    connection; a missed notification costs at most ``poll`` seconds."""
+
+    def __init__(
+        self, connector: Connector, lease: Lease, after: int, wake: Callable[[], None]
+    ) -> None:
+        self.connector, self.lease, self.wake = connector, lease, wake
+        self.cluster = lease.cluster
+        self.poll = lease.retry
+        self.read_seq = after  # the last row read (queued), on the thread
+        self.queue: collections.deque[Loaded] = collections.deque()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="coordd-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._thread.join(self.poll + self.connector.timeout + 1)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            try:
+                with self.connector.connect() as conn:
+                    self._listen(conn)
+            except psycopg.Error as e:
+                log.warning("follow_failed", cluster=self.cluster, reason=one_line(e))
+                time.sleep(self.poll)
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("LISTEN coordd_journal")
+        conn.execute("LISTEN coordd_lease")
+        again = threading.Event()
+        # A notification that arrives during a read is handed here, not to notifies().
+        conn.add_notify_handler(lambda n: self._heard(n, again))
+        while not self._stopped:
+            again.clear()
+            self._read(conn)
+            if again.is_set():
+                continue
+            for n in conn.notifies(timeout=self.poll, stop_after=1):
+                self._heard(n, again)
+
+    def _heard(self, n: psycopg.Notify, again: threading.Event) -> None:
+        if n.payload != self.cluster:
+            return
+        if n.channel == "coordd_lease":
+            self.lease.poke()
+        again.set()
+
+    def _read(self, conn: psycopg.Connection[Any]) -> None:
+        loaded = read_cluster(conn, self.cluster, self.read_seq)
+        if loaded.full or loaded.journal:
+            self.read_seq = loaded.last_seq
+            self.queue.append(loaded)
+            self.wake()
 
 
 def _sort_snapshot_records(out: Loaded, records: list[Record]) -> None:
@@ -210,6 +283,8 @@ class PostgresStore:
         self._child: _Child | None = None
         self._child_covers = 0
         self._broken = ""
+        self._wake: Callable[[], None] | None = None
+        self._follower: Follower | None = None
 
     @property
     def snapshot_running(self) -> bool:
@@ -256,19 +331,57 @@ class PostgresStore:
 
     # --- the seam -----------------------------------------------------------------
 
-    def lock(self) -> None:
+    def lock(self, standby: Callable[[], None] | None = None) -> None:
         """Take the cluster's lease (the file store's state-dir lock); raises StoreError
-        naming the holder."""
+        naming the holder, or with ``standby`` stands by when another holds it."""
         self._run(lambda conn: check_schema(conn), "schema check")
-        self.lease.acquire_or_raise()
-        self.lease.start_renewing()
+        if standby is None:
+            self.lease.acquire_or_raise()
+        else:
+            self._wake = standby
+            self.lease.wake = standby
+            held = self.lease.acquire_or_stand_by()
+            if held is not None:
+                log.info("standing_by", cluster=self.cluster, leader=held.holder, term=held.term)
+        self.lease.start()
 
     def load(self, state: State) -> LoadReport:
         loaded: Loaded = self._run(lambda c: read_cluster(c, self.cluster), "load")
         report = LoadReport(snapshot=loaded.snapshot, generation=self.lease.term)
-        report.records = loaded.restore_into(state)
+        report.records = loaded.apply_to(state)
         self.last_seq = loaded.last_seq
+        if not self.lease.leading and self._wake is not None:
+            self._follower = Follower(self.connector, self.lease, self.last_seq, self._wake)
+            self._follower.start()
         return report
+
+    def role(self) -> Role:
+        lease = self.lease
+        if lease.leading:
+            return Role(leader=True, term=lease.term, problem=self._broken or lease.problem())
+        seen = lease.seen
+        return Role(leader=False, leader_address=seen.address if seen is not None else "")
+
+    def follow(self, state: State) -> int:
+        follower, n = self._follower, 0
+        while follower is not None and follower.queue:
+            loaded = follower.queue.popleft()
+            n += loaded.apply_to(state)
+            self.last_seq = loaded.last_seq
+        return n
+
+    def take_over(self, state: State) -> None:
+        """The lease is ours (term bumped): the old leader can commit nothing more, so
+        the rows after ours are final. Apply them; from here on this process writes."""
+        if self._follower is not None:
+            self._follower.stop()
+            self.follow(state)
+            self._follower = None
+        after = self.last_seq
+        loaded: Loaded = self._run(lambda c: read_cluster(c, self.cluster, after), "catch-up")
+        records = loaded.apply_to(state)
+        self.last_seq = loaded.last_seq
+        log.info("took_over", cluster=self.cluster, term=self.lease.term, records=records)
 
     def append(self, records: list[Record]) -> None:
         self._check_usable()
@@ -336,6 +449,8 @@ class PostgresStore:
         if self._child is not None:
             self._child.wait()
             self._child = None
+        if self._follower is not None:
+            self._follower.stop()
         self.lease.stop(release=not self._broken)
         self._pool.submit(self._drop_conn)
         self._pool.shutdown(wait=False, cancel_futures=False)

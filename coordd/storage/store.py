@@ -27,7 +27,7 @@ from coordd.storage.files import (
 )
 from coordd.storage.format1 import SNAPSHOT_V1_NAME
 from coordd.storage.fsck import FsckReport
-from coordd.storage.reports import LoadReport, ObserveFsync
+from coordd.storage.reports import LEADING, LoadReport, ObserveFsync, Role
 from coordd.storage.snapshot import (
     SNAPSHOT_NAME,
     SNAPSHOT_PREV_NAME,
@@ -48,6 +48,7 @@ __all__ = [
     "FileStore",
     "FsckReport",
     "LoadReport",
+    "Role",
     "SnapshotResult",
     "Store",
     "StoreError",
@@ -65,8 +66,23 @@ class Store(Protocol):
         """A background snapshot is being written."""
         ...
 
-    def lock(self) -> None:
-        """Hold the store for this process alone; raises StoreError naming the holder."""
+    def lock(self, standby: Callable[[], None] | None = None) -> None:
+        """Hold the store for this process alone; raises StoreError naming the holder.
+        With ``standby`` (a callable that wakes the daemon's loop from any thread), a
+        store that several coordd share makes this process a standby instead when
+        another holds it: it follows, and calls ``standby`` when there is news."""
+
+    def role(self) -> Role:
+        """Leader or standby, now; cheap (called on every wake-up of the loop)."""
+        ...
+
+    def follow(self, state: State) -> int:
+        """A standby: apply what the leader journaled since the last call."""
+        ...
+
+    def take_over(self, state: State) -> None:
+        """A standby whose ``role()`` became leader: apply the rest of the journal;
+        from here on it writes. Raises StoreError."""
 
     def load(self, state: State) -> LoadReport:
         """Fill an empty ``state`` with what is stored; raises StoreError (Corrupt)."""
@@ -146,8 +162,18 @@ class FileStore:
     def snapshot_running(self) -> bool:
         return self._child is not None
 
-    def lock(self) -> None:
+    def lock(self, standby: Callable[[], None] | None = None) -> None:
+        # One process per directory: there is no standby of a file store.
         self._lock_fd = lock_state_dir(self.dir)
+
+    def role(self) -> Role:
+        return LEADING
+
+    def follow(self, state: State) -> int:
+        return 0
+
+    def take_over(self, state: State) -> None:
+        pass
 
     # --- start ---------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ import coordd
 
 ROOT = Path(coordd.__file__).resolve().parent
 # What a second store (PostgreSQL) would have to provide, and nothing more.
-INTERFACE = {"Store", "StoreError", "SnapshotResult", "LoadReport", "FsckReport", "open_store"}
+INTERFACE = {
+    "Store",
+    "StoreError",
+    "SnapshotResult",
+    "LoadReport",
+    "FsckReport",
+    "Role",
+    "open_store",
+}
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:

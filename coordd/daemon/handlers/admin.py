@@ -17,6 +17,8 @@ def status(ctx: Context, req: p.Status, now: float) -> Any:
         "pid": facts.pid,
         "uptime": now - facts.started_at,
         "health": facts.health,
+        "role": facts.role,
+        "leader": facts.leader,
         "degraded_reason": facts.degraded_reason,
         "counts": state.counts(),
         "counters": dict(state.counters),

@@ -1,0 +1,109 @@
+"""Two ``coordd run`` on one PostgreSQL cluster: one leads, the other stands by,
+follows, serves reads, refuses writes with the leader's address, and takes over when
+the leader dies or is paused past its lease, without losing an acknowledged record;
+the paused one, resumed, writes nothing and steps down."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from coordd import protocol
+from tests.conftest import CoorddProcess
+from tests.daemon.test_durability import acknowledged, items_by_id, start_clients, wait_for
+from tests.postgres.test_pg_daemon import on_postgres
+
+
+def role(d: CoorddProcess) -> str:
+    try:
+        return str(d.call(protocol.Status(), timeout=1)["role"])
+    except Exception:
+        return "unreachable"
+
+
+def pair(coordd_factory: Any, dsn: str, **kw: Any) -> tuple[CoorddProcess, CoorddProcess]:
+    leader: CoorddProcess = coordd_factory(on_postgres(dsn, **kw), name="lead")
+    standby: CoorddProcess = coordd_factory(on_postgres(dsn, **kw), name="stby")
+    assert role(leader) == "leader" and role(standby) == "standby"
+    return leader, standby
+
+
+def test_a_standby_follows_serves_reads_and_refuses_writes(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    leader, standby = pair(coordd_factory, migrated_dsn)
+    status = standby.call(protocol.Status())
+    assert status["leader"] == leader.agent_endpoint
+    leader.call(protocol.Add(work_type="t", description="x", work_item_id="w1"))
+    # LISTEN/NOTIFY wakes the standby: it has the item well before any poll interval.
+    wait_for(lambda: "w1" in items_by_id(standby), timeout=5, what="the standby to follow")
+    assert standby.call(protocol.Show(work_item_id="w1"))["status"] == "pending"
+    sock = standby.agent()
+    refused = standby.request(sock, protocol.Claim(agent_id="a", work_type="t", description="y"))
+    assert isinstance(refused, protocol.Error) and refused.code == "not_leader"
+    assert refused.leader == leader.agent_endpoint and leader.agent_endpoint in refused.message
+    # A one-way heartbeat to a standby is answered too, so the agent learns to move.
+    standby.send(sock, protocol.Heartbeat(agent_id="a"))
+    beat = standby.recv(sock)
+    assert isinstance(beat, protocol.Error) and beat.code == "not_leader"
+    assert list(items_by_id(standby)) == ["w1"]  # the refused claim made nothing
+    assert "standby" in standby.ctl("status").stdout
+
+
+def test_sigkill_of_the_leader_under_load_loses_nothing_acknowledged(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    leader, standby = pair(coordd_factory, migrated_dsn, snapshot_interval=0.5)
+    clients = start_clients(leader, 0, 4)
+    wait_for(
+        lambda: all(p.exists() and p.stat().st_size for _, p in clients),
+        what="every client to get an answer",
+    )
+    time.sleep(0.5)
+    assert leader.proc is not None
+    leader.proc.kill()
+    killed = time.monotonic()
+    wait_for(lambda: role(standby) == "leader", timeout=2.0 + 2.0, what="the takeover")
+    took = time.monotonic() - killed
+    leader.stop(signal.SIGKILL)
+    for proc, _ in clients:
+        proc.wait(timeout=30)
+    claimed, completed = acknowledged([p for _, p in clients])
+    items = items_by_id(standby)
+    assert claimed and not claimed - items.keys()
+    assert all(items[w]["status"] == "completed" for w in completed)
+    # Each completion counted once: velocity 1 per completion, nothing applied twice.
+    done = [i for i in items.values() if i["status"] == "completed"]
+    assert standby.call(protocol.Status())["team_velocity"].get("", 0) == len(done)
+    # The new leader writes.
+    standby.call(protocol.Add(work_type="t", description="after", work_item_id="after"))
+    print(f"takeover {took:.2f}s after SIGKILL; {len(claimed)} claims acknowledged")
+
+
+def test_a_paused_leader_resumed_writes_nothing_and_steps_down(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    leader, standby = pair(coordd_factory, migrated_dsn)
+    leader.call(protocol.Add(work_type="t", description="before", work_item_id="before"))
+    assert leader.proc is not None
+    leader.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: role(standby) == "leader", timeout=2.0 + 2.0, what="the takeover")
+        # Queued for the old leader while it sleeps; it must never be acknowledged.
+        sock = leader.agent()
+        leader.send(sock, protocol.Add(work_type="t", description="late", work_item_id="late"))
+    finally:
+        leader.proc.send_signal(signal.SIGCONT)
+    assert leader.proc.wait(timeout=10) != 0
+    sock.setsockopt(zmq.RCVTIMEO, 300)
+    try:
+        reply = leader.recv(sock)
+    except zmq.Again:
+        reply = None
+    assert not isinstance(reply, protocol.Ok)
+    assert "stepping_down" in leader.log()
+    items = items_by_id(standby)
+    assert "before" in items and "late" not in items
