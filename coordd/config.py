@@ -82,6 +82,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lease_duration: float = 15.0
     lease_renew: float = 5.0
     lease_retry: float = 2.0
+    # How long a request id is remembered (a resend within it is answered, not applied
+    # again): well beyond a failover (lease_duration + a client's retries).
+    request_id_ttl: float = 600.0
     # limits
     max_items: int = 5_000_000
     max_agents: int = 100_000
@@ -268,6 +271,7 @@ def validate(cfg: Config) -> list[str]:
         "lease_duration",
         "lease_renew",
         "lease_retry",
+        "request_id_ttl",
         "max_items",
         "max_agents",
         "max_message_bytes",

@@ -69,9 +69,15 @@ ERROR_CODES: dict[str, str] = {
 
 
 class Request(msgspec.Struct, tag_field="op", kw_only=True, omit_defaults=True):
-    """Base of every request. ``v`` is the protocol version the client speaks."""
+    """Base of every request. ``v`` is the protocol version the client speaks.
+
+    ``request_id`` (optional, chosen by the client, unique per request): a request
+    that changes something is applied once per id; a resend with the same id (after a
+    timeout, or to the new leader after a failover) gets the first reply again. The
+    daemon remembers ids for ``request_id_ttl`` seconds, journaled with the change."""
 
     v: int = PROTOCOL_VERSION
+    request_id: Id | None = None
 
 
 # --- agents ---------------------------------------------------------------

@@ -132,7 +132,17 @@ class AddCompletion(msgspec.Struct, tag="done", array_like=True):
     entry: Completion
 
 
-Record = PutItem | PutAgent | AddCompletion
+class Applied(msgspec.Struct, tag="req", array_like=True):
+    """A request that carried an id was applied, and this was its reply's data
+    (msgpack): a resend of it (after a failover, say) gets this answer again and
+    changes nothing. Journaled in the same batch as the transition itself."""
+
+    request_id: str
+    at: float
+    reply: bytes
+
+
+Record = PutItem | PutAgent | AddCompletion | Applied
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):

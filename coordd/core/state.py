@@ -20,6 +20,7 @@ The policy, the restart grace and a restore change through methods that keep the
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ from coordd.core.indexes import Indexes
 from coordd.core.model import (
     AddCompletion,
     Agent,
+    Applied,
     BadRequest,
     Completion,
     Conflict,
@@ -74,6 +76,9 @@ class State:
         # ``publish_heartbeats``). Off by default: it costs more than the heartbeat itself
         # (measured 240k -> 90k heartbeats/s through the daemon).
         self.heartbeat_events = False
+        # Replies of applied requests that carried an id, oldest first (see ``applied``).
+        # An OrderedDict: dropping the oldest is O(1) (a dict's front fills with holes).
+        self.applied: OrderedDict[str, Applied] = OrderedDict()
         self.records: list[Record] = []
         self.events: list[Event] = []
         self.counters: dict[str, int] = {
@@ -113,9 +118,11 @@ class State:
         team_velocity: dict[str, int] | None = None,
         lease_seq: int = 0,
         records: Iterable[Record] = (),
+        applied: Iterable[Applied] = (),
     ) -> int:
         """Replace the content with a snapshot's, replay ``records`` after it, rebuild
         the indexes. Returns the records applied."""
+        self.applied = OrderedDict((a.request_id, a) for a in applied)
         self.items = {i.work_item_id: i for i in items}
         self.agents = {a.agent_id: a for a in agents}
         self.completions = list(completions)
@@ -797,12 +804,40 @@ class State:
             self.lease_seq = max(self.lease_seq, rec.item.lease)
         elif isinstance(rec, PutAgent):
             self.agents[rec.agent.agent_id] = rec.agent
+        elif isinstance(rec, Applied):
+            self.applied[rec.request_id] = rec
         else:
             self.completions.append(rec.entry)
             if rec.entry.velocity_points:
                 team = rec.entry.team
                 points = rec.entry.velocity_points
                 self.team_velocity[team] = self.team_velocity.get(team, 0) + points
+
+    # --- request ids: a resend is answered, not applied again ------------------------
+
+    def reply_for(self, request_id: str) -> bytes | None:
+        """The reply data of an applied request with this id, if it is remembered."""
+        done = self.applied.get(request_id)
+        return None if done is None else done.reply
+
+    def remember(self, request_id: str, now: float, reply: bytes) -> None:
+        """Remember (and journal, with the transition) the reply to a request with an id."""
+        done = Applied(request_id, now, reply)
+        self.applied[request_id] = done
+        self.records.append(done)
+
+    def forget_applied(self, before: float, keep_at_most: int) -> int:
+        """Drop remembered replies older than ``before`` (and beyond ``keep_at_most``);
+        oldest first, so this costs what it drops. Not journaled: every holder of the
+        state forgets by the same rule."""
+        applied, n = self.applied, 0
+        while applied:
+            oldest = next(iter(applied.values()))
+            if oldest.at >= before and len(applied) <= keep_at_most:
+                break
+            applied.popitem(last=False)
+            n += 1
+        return n
 
     def follow(self, records: Iterable[Record]) -> int:
         """Apply records another coordd journaled (a standby following its leader),

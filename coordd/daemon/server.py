@@ -58,6 +58,9 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # Replies that may wait in ZeroMQ's queue for one peer that is slow to read them.
 REPLY_HWM = 100_000
 
+# Request ids remembered at most (besides request_id_ttl): ~150 bytes each in memory.
+REQUEST_IDS_KEPT = 1_000_000
+
 
 class VersionProbe(msgspec.Struct):
     """Reads only ``v`` from a request we could not decode, to tell a version mismatch."""
@@ -472,6 +475,11 @@ class Daemon:
             if refusal is not None:
                 self._reply(sock, envelope, Error(code="not_allowed", message=refusal))
                 return
+        rid = req.request_id
+        if rid is not None and (known := self.state.reply_for(rid)) is not None:
+            # A resend (timeout, failover): the first answer again, nothing applied twice.
+            self._reply(sock, envelope, Ok(data=msgspec.Raw(known)))
+            return
         try:
             handler = self.routes[type(req)].handler
             if from_control:
@@ -483,6 +491,8 @@ class Daemon:
         if isinstance(data, ai_edge.Deferred):
             self.ai.submit(sock, envelope, data)
         elif data is not routes.NO_REPLY:
+            if rid is not None and type(req) not in standby.READS:
+                self.state.remember(rid, now, self.codec.encoder.encode(data))
             self._reply(sock, envelope, Ok(data=data))
 
     def _decode(self, sock: zmq.Socket[bytes], envelope: list[bytes], payload: bytes) -> Any:
@@ -557,6 +567,7 @@ class Daemon:
             started = time.perf_counter()
             recovery.tick(self.state, now)
             metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+        self.state.forget_applied(now - self.cfg.request_id_ttl, REQUEST_IDS_KEPT)
         self._sample()
         self.notifier.status(self._status_line())
 

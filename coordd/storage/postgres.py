@@ -37,7 +37,16 @@ import msgspec
 import psycopg
 import structlog
 
-from coordd.core.model import AddCompletion, Agent, Completion, PutAgent, PutItem, Record, WorkItem
+from coordd.core.model import (
+    AddCompletion,
+    Agent,
+    Applied,
+    Completion,
+    PutAgent,
+    PutItem,
+    Record,
+    WorkItem,
+)
 from coordd.core.state import State
 from coordd.storage.files import StoreError
 from coordd.storage.fsck import FsckReport
@@ -87,6 +96,7 @@ class Loaded(msgspec.Struct, kw_only=True):
     items: list[WorkItem] = []
     agents: list[Agent] = []
     completions: list[Completion] = []
+    applied: list[Applied] = []
     journal: list[Record] = []
 
     def apply_to(self, state: State) -> int:
@@ -100,6 +110,7 @@ class Loaded(msgspec.Struct, kw_only=True):
             self.header.team_velocity,
             self.header.lease_seq,
             self.journal,
+            self.applied,
         )
 
 
@@ -205,6 +216,8 @@ def _sort_snapshot_records(out: Loaded, records: list[Record]) -> None:
             out.items.append(rec.item)
         elif isinstance(rec, PutAgent):
             out.agents.append(rec.agent)
+        elif isinstance(rec, Applied):
+            out.applied.append(rec)
         else:
             out.completions.append(rec.entry)
 
@@ -216,6 +229,7 @@ def snapshot_chunks(state: State) -> Iterable[bytes]:
         (PutItem(i) for i in state.items.values()),
         (PutAgent(a) for a in state.agents.values()),
         (AddCompletion(c) for c in state.completions),
+        state.applied.values(),  # remembered replies: a resend after failover is answered
     )
     for rec in everything:
         batch.append(rec)

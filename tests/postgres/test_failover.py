@@ -9,6 +9,7 @@ import signal
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from coordd import protocol
@@ -107,3 +108,31 @@ def test_a_paused_leader_resumed_writes_nothing_and_steps_down(
     assert "stepping_down" in leader.log()
     items = items_by_id(standby)
     assert "before" in items and "late" not in items
+
+
+def test_a_resend_after_failover_is_answered_not_applied_twice(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    leader, standby = pair(coordd_factory, migrated_dsn)
+    claim = protocol.Claim(
+        agent_id="a1", work_type="t", description="once", work_item_id="w1", request_id="r-1"
+    )
+    first = leader.request(leader.agent(), claim)
+    assert isinstance(first, protocol.Ok)
+    done = protocol.Complete(
+        work_item_id="w1", agent_id="a1", lease=first.data["lease"], velocity=5, request_id="r-2"
+    )
+    assert isinstance(leader.request(leader.agent(), done), protocol.Ok)
+    leader.stop(signal.SIGKILL)
+    wait_for(lambda: role(standby) == "leader", timeout=4.0, what="the takeover")
+    # The agent never saw its replies (say): it resends both, to the new leader.
+    sock = standby.agent()
+    again = standby.request(sock, claim)
+    assert isinstance(again, protocol.Ok) and again.data == first.data
+    assert isinstance(standby.request(sock, done), protocol.Ok)
+    status = standby.call(protocol.Status())
+    assert status["team_velocity"] == {"": 5}  # completed once, not twice
+    assert status["counts"]["completed"] == 1 and status["counts"]["items"] == 1
+    # A new id is a new request: the claim now conflicts (the item exists).
+    fresh = msgspec.structs.replace(claim, request_id="r-3")
+    assert isinstance(standby.request(sock, fresh), protocol.Error)
