@@ -202,7 +202,13 @@ class Lease:
         return self.renew
 
     def _try(self, conn: psycopg.Connection[Any]) -> float:
-        held = self.try_acquire(conn)
+        # Read first: an attempt on a live lease would lock its row, and the leader's
+        # journal transactions (which lock it FOR SHARE) would queue behind it.
+        held = self.current(conn)
+        if held is None or held.seconds_left <= 0:
+            held = self.try_acquire(conn)
+        else:
+            self.seen = held
         self.wake()  # taken, or news of who holds it
         if held is None:
             return self.renew
