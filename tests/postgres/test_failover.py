@@ -76,6 +76,13 @@ def test_sigkill_of_the_leader_under_load_loses_nothing_acknowledged(
     items = items_by_id(standby)
     assert claimed and not claimed - items.keys()
     assert all(items[w]["status"] == "completed" for w in completed)
+    # Agents' leases survive: every item still held has the lease its claim was told.
+    for _, path in clients:
+        for line in path.read_text().splitlines():
+            kind, wid, *rest = line.split()
+            if kind == "claimed" and wid not in completed and items[wid]["status"] == "active":
+                assert items[wid]["lease"] == int(rest[0])
+                assert items[wid]["agent_id"] == wid.rsplit("-", 1)[0]
     # Each completion counted once: velocity 1 per completion, nothing applied twice.
     done = [i for i in items.values() if i["status"] == "completed"]
     assert standby.call(protocol.Status())["team_velocity"].get("", 0) == len(done)
