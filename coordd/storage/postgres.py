@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import itertools
 import json
 import os
@@ -553,11 +554,22 @@ def _fork(job: Callable[[], dict[str, Any]], items: int) -> _Child:
     return _Child(pid, r, t0, items, time.monotonic() - t0)
 
 
-def _die_with_parent() -> None:
+def _load_libc() -> Any:
     try:
-        import ctypes
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+# Loaded once in the parent: dlopen in a child forked from a threaded process (the
+# journal, lease and follower threads) could deadlock on a loader lock held at fork.
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:
+    # If the daemon is SIGKILLed, its snapshot child goes too (Linux; best effort).
+    try:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
 
