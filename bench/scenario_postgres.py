@@ -1,5 +1,5 @@
-"""The PostgreSQL store in the bench (issue 18; step `pg`, picked up by bench.run), beside the file store and the Redis
-peer of the same run: claim p50/p99 and 16-client claims/s with
+"""The PostgreSQL store in the bench (issue 18; step ``pg``, found by ``bench.run``),
+beside the file store and the Redis peer of the same run: claim p50/p99 and 16-client claims/s with
 ``synchronous_commit = on``, heartbeat ingest (heartbeats stay in memory, so it should
 match the file store's), and failover time over ``FAILOVER_KILLS`` SIGKILLs of a leader
 with a standby waiting.
@@ -124,7 +124,7 @@ def ingest(b: Bench, dsn: str) -> None:
     try:
         d.start()
         items = load_items(d, s.senders * 10, agents=s.senders)
-        payloads = b.heartbeat_payloads(items)
+        payloads = b.heartbeat_payloads(items, s.senders)
 
         def count() -> tuple[float, int]:
             time.sleep(s.warm_seconds)
