@@ -252,7 +252,18 @@ class Daemon:
     # --- the loop -----------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until SIGTERM/SIGINT."""
+        """Serve until SIGTERM/SIGINT; raises StoreError when the store fails or (a
+        shared store) this leader must step down."""
+        try:
+            self._serve()
+        except StoreError as e:
+            # Wherever the loop was when it learned it (a SIGSTOP may land anywhere):
+            # one log line that says why this process stops serving.
+            problem = self.store.role().problem
+            log.error("stepping_down" if problem else "store_failed", reason=str(e))
+            raise
+
+    def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.agent_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
@@ -303,7 +314,6 @@ class Daemon:
         role = self.store.role()
         if self.leading:
             if role.problem:
-                log.error("stepping_down", reason=role.problem)
                 raise StoreError(role.problem)
             return
         if role.leader:
