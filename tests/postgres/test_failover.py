@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -143,3 +144,24 @@ def test_a_resend_after_failover_is_answered_not_applied_twice(
     # A new id is a new request: the claim now conflicts (the item exists).
     fresh = msgspec.structs.replace(claim, request_id="r-3")
     assert isinstance(standby.request(sock, fresh), protocol.Error)
+
+
+def test_systemd_sees_a_ready_standby_and_its_takeover(
+    coordd_factory: Any, migrated_dsn: str, short_tmp: Path
+) -> None:
+    from tests.service.test_notify import NotifySocket
+
+    leader: CoorddProcess = coordd_factory(on_postgres(migrated_dsn), name="lead")
+    notify = NotifySocket(short_tmp / "notify.sock")
+    try:
+        standby: CoorddProcess = coordd_factory(
+            on_postgres(migrated_dsn), env={"NOTIFY_SOCKET": str(notify.path)}, name="stby"
+        )
+        ready = notify.wait_for("READY", "1")
+        assert ready["STATUS"] == f"standby (leader: {leader.agent_endpoint})"
+        leader.stop(signal.SIGKILL)
+        took_over = notify.wait_for("STATUS", timeout=6.0)
+        assert not took_over["STATUS"].startswith("standby"), took_over
+        assert role(standby) == "leader"
+    finally:
+        notify.close()
