@@ -321,10 +321,13 @@ class PostgresStore:
             conn.close()
         self._local.conn = None
 
-    def _run(self, job: Callable[[psycopg.Connection[Any]], Any], what: str) -> Any:
+    def _run(
+        self, job: Callable[[psycopg.Connection[Any]], Any], what: str, fatal: bool = True
+    ) -> Any:
         """Run ``job`` on the journal thread and wait for it (at most ``timeout``).
-        Raises StoreError saying what failed; after a failure the outcome is unknown
-        (a commit may still land), so the caller must stop acknowledging."""
+        Raises StoreError saying what failed. A ``fatal`` failure (a commit: its outcome
+        is unknown, it may still land) or a refused term leaves the store broken: the
+        daemon stops acknowledging and steps down."""
 
         def on_thread() -> Any:
             try:
@@ -337,12 +340,14 @@ class PostgresStore:
         try:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
-            self._broken = f"PostgreSQL did not answer within {self.timeout:g}s ({what})"
+            problem = f"PostgreSQL did not answer within {self.timeout:g}s ({what})"
         except LeaseLost as e:
-            self._broken = f"{what} refused: {e}"
+            problem, fatal = f"{what} refused: {e}", True
         except psycopg.Error as e:
-            self._broken = f"{what} failed: PostgreSQL: {one_line(e)}"
-        raise StoreError(self._broken)
+            problem = f"{what} failed: PostgreSQL: {one_line(e)}"
+        if fatal:
+            self._broken = problem
+        raise StoreError(problem)
 
     # --- the seam -----------------------------------------------------------------
 
@@ -481,11 +486,11 @@ class PostgresStore:
         t0 = time.monotonic()
         covers = self.last_seq
         try:
+            # Not fatal: a failed snapshot degrades the daemon; the journal still holds all.
             size = self._run(
-                lambda c: write_snapshot(c, self.lease, state, now, covers), "snapshot"
+                lambda c: write_snapshot(c, self.lease, state, now, covers), "snapshot", False
             )
         except StoreError as e:
-            self._broken = ""  # a failed snapshot degrades; the journal may still work
             return SnapshotResult(ok=False, reason=str(e))
         if after is not None:
             after()
