@@ -35,7 +35,7 @@ def coordd_cmd(d: CoorddProcess, *args: str, **env: str) -> subprocess.Completed
     )
 
 
-def start_when_lease_free(d: CoorddProcess, timeout: float = 10.0) -> None:
+def start_when_lease_free(d: CoorddProcess, timeout: float = 30.0) -> None:
     """Start ``d``; while the dead leader's lease lives it is refused: try again."""
     deadline = time.monotonic() + timeout
     while True:
