@@ -8,6 +8,7 @@ set in the environment as ``COORDD_<KEY>``; the old script's variables
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -222,8 +223,9 @@ def _choice(problems: list[str], key: str, value: str, allowed: tuple[str, ...])
 
 
 def _positive(problems: list[str], key: str, value: float) -> None:
-    if not value > 0:
-        problems.append(f"{key} must be > 0, got {value}")
+    # Finite too: an ``inf`` interval would never fire, ``nan`` compares false everywhere.
+    if not 0 < value < math.inf:
+        problems.append(f"{key} must be > 0 and finite, got {value}")
 
 
 def _at_most(problems: list[str], key: str, value: int, ceiling: int) -> None:
@@ -257,8 +259,8 @@ def validate(cfg: Config) -> list[str]:
     _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
     _choice(problems, "ai_provider", cfg.ai_provider, AI_PROVIDERS)
     _check_store(problems, cfg)
-    if cfg.ai_cache_ttl < 0:
-        problems.append(f"ai_cache_ttl must be >= 0, got {cfg.ai_cache_ttl}")
+    if not 0 <= cfg.ai_cache_ttl < math.inf:
+        problems.append(f"ai_cache_ttl must be >= 0 and finite, got {cfg.ai_cache_ttl}")
     _choice(problems, "log_format", cfg.log_format, LOG_FORMATS)
     _choice(problems, "log_level", cfg.log_level, ("debug", "info", "warning", "error"))
     for key in (

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -109,7 +110,9 @@ def parse_time(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        f = float(value)
+        # A time must be one datetime can show back (year 1..9999): nan and inf cannot.
+        return f if -62_135_596_800 <= f <= 253_402_300_799 else None
     if isinstance(value, str) and value:
         try:
             dt = datetime.fromisoformat(value)
@@ -122,14 +125,13 @@ def parse_time(value: Any) -> float | None:
 
 
 def format_time(value: float | None) -> str | None:
-    """Epoch seconds to the old files' form, ``2025-06-16T06:38:08Z`` (fraction kept)."""
+    """Epoch seconds to the old files' form, ``2025-06-16T06:38:08Z``: whole seconds,
+    because users' ``jq`` scripts read these with ``fromdateiso8601``, which refuses a
+    fraction. The fraction is dropped (rounded down), so a time read back from an export
+    is the original less under one second, never later."""
     if value is None:
         return None
-    dt = datetime.fromtimestamp(value, UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if dt.microsecond:
-        text += f".{dt.microsecond:06d}"
-    return text + "Z"
+    return datetime.fromtimestamp(math.floor(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- import ----------------------------------------------------------------------
@@ -476,15 +478,21 @@ def _text_or_none(v: Any) -> str | None:
     return None if v is None or v == "" else _text(v)
 
 
+# What an imported number may be: msgpack's signed 64 bits, so every reply and the
+# journal can carry it (the old files are JSON, which holds any integer, and Python's
+# json reads ``Infinity`` and ``NaN``).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _int(v: Any, default: int) -> int:
     if isinstance(v, bool):
         return default
     if isinstance(v, int):
-        return v
+        return min(_INT_MAX, max(_INT_MIN, v))
     if isinstance(v, float | str):
         try:
-            return int(float(v))
-        except ValueError:
+            return min(_INT_MAX, max(_INT_MIN, int(float(v))))
+        except (ValueError, OverflowError):  # "abc", inf, nan
             return default
     return default
 
@@ -494,8 +502,10 @@ def _int_or_none(v: Any) -> int | None:
 
 
 def _float_or_none(v: Any) -> float | None:
+    """A finite, positive number of seconds (``stale_after``), else None (the default)."""
     if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
+        f = float(v)
+        return f if 0 < f < math.inf else None
     return None
 
 

@@ -13,6 +13,9 @@ Every string field has a length limit and every number a range, declared on the
 field (``Id``, ``Text``, ``Percent``...) so the decoder refuses an oversized or
 out-of-range request at the edge, before any handler runs, with a message naming
 the field and the limit (``Expected `str` of length <= 200 - at `$.agent_id```).
+Every float range is closed on both sides, which also refuses ``inf``, ``-inf`` and
+``nan`` (no comparison with ``nan`` holds), so nothing the state keeps, a snapshot
+writes or a reply encodes can be non-finite or too large for msgpack's 64 bits.
 """
 
 from __future__ import annotations
@@ -32,12 +35,30 @@ PROTOCOL_VERSION = 1
 MAX_ID_LEN = 200  # ids and short names: agent_id, work_item_id, work_type, team, stage
 MAX_TEXT_LEN = 10_000  # free text: description, result
 MAX_BATCH_ITEMS = 100_000  # items of one HeartbeatBatch (config max_batch may be lower)
+# Numbers. A velocity is a handful of points; a million per completion, summed over
+# every item coordd can hold (max_items 5M), stays far below 2**63, so a team's total
+# can always be encoded (two completes of 2**64-1 once broke every later ``status``).
+MAX_VELOCITY = 1_000_000
+MAX_CAPACITY = 1_000_000  # items one agent may be declared able to hold
+# Leases only grow, one per claim/release/recovery: 2**53 is beyond any run's reach and
+# exact in every JSON reader (a lease shown by ``jq`` must compare equal to the one sent).
+MAX_LEASE = 2**53
+# A threshold longer than ten years is a mistake; a finite bound keeps deadlines finite.
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
+# ``list`` answers at most this many items per page (see ``List``); a larger ``limit``
+# is served as pages, never as one reply a slow reader would make coordd hold.
+MAX_PAGE = 1000
+# An old client's ``limit`` may be any count: it is clamped to MAX_PAGE, not refused.
+MAX_LIMIT = 2**63 - 1
 
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LEN)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Capacity = Annotated[int, msgspec.Meta(ge=0, le=MAX_CAPACITY)]
+Velocity = Annotated[int, msgspec.Meta(ge=0, le=MAX_VELOCITY)]
+Lease = Annotated[int, msgspec.Meta(ge=0, le=MAX_LEASE)]
+Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_LIMIT)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 # The items a new one waits for (``--after``); a handful in practice.
 MAX_AFTER = 100
 After = Annotated[list[Id], msgspec.Meta(max_length=MAX_AFTER)]
@@ -88,7 +109,7 @@ class Register(Request, tag="register"):
 
     agent_id: Id
     team: Id = ""
-    capacity: Count = 100
+    capacity: Capacity = 100
     specialization: Id = ""
 
 
@@ -98,7 +119,7 @@ class Heartbeat(Request, tag="heartbeat"):
 
     agent_id: Id
     work_item_id: Id | None = None
-    lease: int | None = None
+    lease: Lease | None = None
     progress: Percent | None = None
     ack: bool = False
 
@@ -107,7 +128,7 @@ class ItemBeat(msgspec.Struct, array_like=True):
     """One item of a ``HeartbeatBatch``: ``[work_item_id, lease]`` (compact on the wire)."""
 
     work_item_id: Id
-    lease: int | None = None
+    lease: Lease | None = None
 
 
 Beats = Annotated[list[ItemBeat], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
@@ -166,7 +187,7 @@ class Progress(Request, tag="progress"):
     work_item_id: Id
     progress: Percent
     agent_id: Id | None = None
-    lease: int | None = None
+    lease: Lease | None = None
     status: Id | None = None
 
 
@@ -175,9 +196,9 @@ class Complete(Request, tag="complete"):
 
     work_item_id: Id
     agent_id: Id | None = None
-    lease: int | None = None
+    lease: Lease | None = None
     result: Text = "success"
-    velocity: Count = 0
+    velocity: Velocity = 0
 
 
 class Release(Request, tag="release"):
@@ -185,7 +206,7 @@ class Release(Request, tag="release"):
 
     work_item_id: Id
     agent_id: Id | None = None
-    lease: int | None = None
+    lease: Lease | None = None
 
 
 # --- reads ------------------------------------------------------------------
@@ -198,7 +219,7 @@ class List(Request, tag="list"):
     team: Id | None = None
     agent_id: Id | None = None
     work_type: Id | None = None
-    limit: Count = 1000
+    limit: Limit = MAX_PAGE
     ready: bool = False  # only pending items no dependency blocks (claimable now)
 
 

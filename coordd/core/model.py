@@ -52,6 +52,10 @@ class LimitReached(DomainError):
     code = "limit_reached"
 
 
+# The largest sum coordd keeps (a team's velocity): msgpack's signed 64 bits.
+MAX_TOTAL = 2**63 - 1
+
+
 # --- the model ---------------------------------------------------------------
 
 

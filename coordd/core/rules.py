@@ -19,6 +19,8 @@ itself stays the plain fact shown to people.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from coordd.core.model import WorkItem
@@ -127,8 +129,10 @@ def validate_policy(policy: Policy) -> list[str]:
     """Problems with a policy, each naming the key and the allowed values."""
     allowed = ", ".join(Strategy)
     problems = []
-    if not policy.stale_threshold > 0:
-        problems.append(f"stale_threshold must be > 0 seconds, got {policy.stale_threshold}")
+    if not 0 < policy.stale_threshold < math.inf:
+        problems.append(
+            f"stale_threshold must be > 0 seconds and finite, got {policy.stale_threshold}"
+        )
     if policy.recovery not in STRATEGIES:
         problems.append(f"recovery must be one of {allowed}; got {policy.recovery!r}")
     if policy.retry_escalation not in ESCALATIONS:
@@ -143,6 +147,6 @@ def validate_policy(policy: Policy) -> list[str]:
             problems.append(
                 f"work_types.{name}.recovery must be one of {allowed}; got {rule.recovery!r}"
             )
-        if rule.stale_threshold is not None and not rule.stale_threshold > 0:
-            problems.append(f"work_types.{name}.stale_threshold must be > 0 seconds")
+        if rule.stale_threshold is not None and not 0 < rule.stale_threshold < math.inf:
+            problems.append(f"work_types.{name}.stale_threshold must be > 0 seconds and finite")
     return problems

@@ -20,6 +20,7 @@ The policy, the restart grace and a restore change through methods that keep the
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
@@ -27,6 +28,7 @@ from typing import Any, NoReturn
 from coordd.core import rules
 from coordd.core.indexes import Indexes
 from coordd.core.model import (
+    MAX_TOTAL,
     AddCompletion,
     Agent,
     Applied,
@@ -126,7 +128,9 @@ class State:
         self.items = {i.work_item_id: i for i in items}
         self.agents = {a.agent_id: a for a in agents}
         self.completions = list(completions)
-        self.team_velocity = dict(team_velocity or {})
+        # Clamped: a file written before velocities were bounded may hold totals that
+        # no reply can encode (finding: one team at 2**65 broke ``status`` for good).
+        self.team_velocity = {t: _capped(v, 0) for t, v in (team_velocity or {}).items()}
         self.lease_seq = lease_seq
         n = 0
         for rec in records:
@@ -655,11 +659,16 @@ class State:
 
     def _log_completion(self, entry: Completion) -> None:
         self.completions.append(entry)
-        if entry.velocity_points:
-            self.team_velocity[entry.team] = (
-                self.team_velocity.get(entry.team, 0) + entry.velocity_points
-            )
+        self._credit(entry)
         self.records.append(AddCompletion(entry))
+
+    def _credit(self, entry: Completion) -> None:
+        """Add a completion's points to its team's velocity, saturating (see ``_capped``)."""
+        if entry.velocity_points:
+            team = entry.team
+            self.team_velocity[team] = _capped(
+                self.team_velocity.get(team, 0), entry.velocity_points
+            )
 
     def release(
         self,
@@ -808,10 +817,7 @@ class State:
             self.applied[rec.request_id] = rec
         else:
             self.completions.append(rec.entry)
-            if rec.entry.velocity_points:
-                team = rec.entry.team
-                points = rec.entry.velocity_points
-                self.team_velocity[team] = self.team_velocity.get(team, 0) + points
+            self._credit(rec.entry)
 
     # --- request ids: a resend is answered, not applied again ------------------------
 
@@ -884,8 +890,15 @@ class State:
 
     @staticmethod
     def _check_stale_after(stale_after: float | None) -> None:
-        if stale_after is not None and not stale_after > 0:
-            raise BadRequest(f"stale_after must be > 0 seconds, got {stale_after}")
+        # Finite too: ``inf`` was shown as Infinity and read back from the snapshot as null.
+        if stale_after is not None and not 0 < stale_after < math.inf:
+            raise BadRequest(f"stale_after must be > 0 seconds and finite, got {stale_after}")
+
+
+def _capped(total: int, points: int) -> int:
+    """``total + points`` held within 0..MAX_TOTAL: what msgpack, JSON readers and every
+    reply can carry, whatever an older journal or snapshot holds."""
+    return min(MAX_TOTAL, max(0, total + points))
 
 
 def _describe_filter(work_type: str | None, team: str | None) -> str:

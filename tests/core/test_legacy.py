@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -194,5 +195,43 @@ def test_export_keeps_the_old_shape_for_jq_scripts(tmp_path: Path) -> None:
 
 def test_times_round_trip_in_the_old_form() -> None:
     assert legacy.format_time(legacy.parse_time("2025-06-16T06:38:08Z")) == "2025-06-16T06:38:08Z"
-    assert legacy.format_time(1750055888.25) == "2025-06-16T06:38:08.250000Z"
+    # Whole seconds, as the old script wrote them: jq's fromdateiso8601 refuses a fraction.
+    assert legacy.format_time(1750055888.25) == "2025-06-16T06:38:08Z"
+    assert legacy.format_time(1750055888.999999) == "2025-06-16T06:38:08Z"
     assert legacy.parse_time("yesterday") is None and legacy.format_time(None) is None
+    assert legacy.parse_time(float("inf")) is None and legacy.parse_time(float("nan")) is None
+
+
+def _times_floored(v: dict[str, Any]) -> dict[str, Any]:
+    """A view with every time rounded down to the second (what the legacy files keep)."""
+
+    def floor(d: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: (float(int(x)) if k in legacy._TIME_FIELDS and isinstance(x, float) else x)
+            for k, x in d.items()
+        }
+
+    return {
+        **v,
+        "items": {k: floor(i) for k, i in v["items"].items()},
+        "agents": {k: floor(a) for k, a in v["agents"].items()},
+        "completions": [floor(c) for c in v["completions"]],
+    }
+
+
+def test_export_import_of_coordd_times_is_exact_but_below_one_second(tmp_path: Path) -> None:
+    # Finding 7: coordd's own times carry fractions the legacy files do not keep.
+    st = State()
+    t = NOW + 0.987654321
+    a = st.claim("a1", "build", "fractional", t, team="core")
+    st.heartbeat("a1", t + 1.5)
+    st.complete(a.work_item_id, t + 2.25, "a1", a.lease, velocity=5)
+    st.claim("a2", "build", "still active", t + 3.75, stale_after=12.5)
+    out = tmp_path / "exported"
+    legacy.export_dir(out, st)
+    for row in rows(out / legacy.CLAIMS):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["claimed_at"])
+    again = State()
+    _, summary = legacy.import_dir(out, again, NOW + 3600)
+    assert summary.skipped == []
+    assert view(again) == _times_floored(view(st))
