@@ -8,7 +8,14 @@ items say) and the hot paths (heartbeat, tick, restart) depend on how it is laid
 
 Heap entries are ``(deadline, work_item_id)``; ``live`` maps an id to the deadline of
 its one live entry, so an entry whose deadline differs is dead and skipped when it
-surfaces (cheaper than removing it from the middle of the heap).
+surfaces (cheaper than removing it from the middle of the heap). Dead entries are not
+left to wait for their deadline: once they outnumber the live ones (twice over, plus a
+constant) the heap is rebuilt from ``live``, so its size follows the items held, not
+the claims made (400k claim/release cycles once left 400k entries, ~37 MB).
+
+``heard`` is when each active item was last heard of on the monotonic clock (see
+``rules``): what deadlines are computed from. It is index data like the heap: rebuilt
+at load from the items' wall times, never persisted.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ import heapq
 from collections.abc import Iterator, Sequence
 
 from coordd.core.model import WorkItem
-from coordd.core.rules import Policy, deadline, unmet
+from coordd.core.rules import Policy, deadline, last_heard, unmet
 from coordd.kinds import PRIORITY_RANK, Priority, Status
 
 _MEDIUM = PRIORITY_RANK[Priority.MEDIUM]
+# Dead heap entries tolerated beyond twice the live ones before the heap is rebuilt:
+# small heaps are not rebuilt over and over for a handful of entries.
+HEAP_SLACK = 1024
 
 
 class Indexes:
@@ -41,14 +51,21 @@ class Indexes:
         self.n_other: dict[str, int] = {}  # items in no index (completed, failed), by status
         self.heap: list[tuple[float, str]] = []
         self.live: dict[str, float] = {}
+        self.heard: dict[str, float] = {}  # active id -> last heard of (monotonic)
         # Entries ever popped from the deadline heap: what a tick costs, observable.
         self.pops = 0
 
     def enter(
-        self, item: WorkItem, policy: Policy, not_before: float, unmet: Sequence[str] = ()
+        self,
+        item: WorkItem,
+        policy: Policy,
+        not_before: float,
+        heard: float,
+        unmet: Sequence[str] = (),
     ) -> None:
         """Enter an item in the index its status calls for (``unmet``: the dependencies
-        a pending item still waits for)."""
+        a pending item still waits for); an active one was last heard of at ``heard``
+        (monotonic)."""
         if item.status == Status.PENDING and unmet:
             self.wait(item.work_item_id, unmet)
         elif item.status == Status.PENDING:
@@ -56,8 +73,9 @@ class Indexes:
         elif item.status == Status.ACTIVE and item.agent_id is not None:
             self.held.setdefault(item.agent_id, {})[item.work_item_id] = None
             self.n_active += 1
+            self.heard[item.work_item_id] = heard
             if item.stale_since is None:
-                self.queue(item.work_item_id, deadline(policy, item, not_before))
+                self.queue(item.work_item_id, deadline(policy, item, heard, not_before))
             else:
                 self.stale[item.work_item_id] = None
 
@@ -78,6 +96,7 @@ class Indexes:
                 if not held:
                     del self.held[item.agent_id]
             self.stale.pop(wid, None)
+            self.heard.pop(wid, None)
         self.live.pop(wid, None)  # any heap entry for it is now dead
 
     def wait(self, wid: str, unmet: Sequence[str]) -> None:
@@ -123,6 +142,15 @@ class Indexes:
         """Give an active item its one live heap entry."""
         self.live[wid] = deadline
         heapq.heappush(self.heap, (deadline, wid))
+        if len(self.heap) > 2 * len(self.live) + HEAP_SLACK:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop every dead entry: the heap rebuilt from the live ones (O(live), and only
+        after more than ``live + HEAP_SLACK`` pushes since the last time: O(1) each)."""
+        heap = [(d, wid) for wid, d in self.live.items()]
+        heapq.heapify(heap)
+        self.heap = heap
 
     def mark_stale(self, wid: str) -> None:
         """A stale item leaves the heap (detected once) and joins the stale set."""
@@ -144,7 +172,7 @@ class Indexes:
             if live.get(wid) != d:
                 continue  # a dead entry
             item = items[wid]
-            true_deadline = deadline(policy, item, not_before)
+            true_deadline = deadline(policy, item, self.heard[wid], not_before)
             if true_deadline > now:
                 live[wid] = true_deadline
                 heapq.heappush(heap, (true_deadline, wid))
@@ -157,17 +185,21 @@ class Indexes:
         """A new heap: every active, non-stale item at its deadline as of now."""
         heap: list[tuple[float, str]] = []
         live: dict[str, float] = {}
+        heard = self.heard
         for held in self.held.values():
             for wid in held:
                 item = items[wid]
                 if item.stale_since is None:
-                    d = live[wid] = deadline(policy, item, not_before)
+                    d = live[wid] = deadline(policy, item, heard[wid], not_before)
                     heap.append((d, wid))
         heapq.heapify(heap)
         self.heap, self.live = heap, live
 
-    def rebuild(self, items: dict[str, WorkItem], policy: Policy, not_before: float) -> int:
-        """Recompute every index from ``items``; returns the highest lease seen."""
+    def rebuild(
+        self, items: dict[str, WorkItem], policy: Policy, not_before: float, wall_offset: float
+    ) -> int:
+        """Recompute every index from ``items``; returns the highest lease seen. An active
+        item was last heard of at its wall time less ``wall_offset`` (wall - monotonic)."""
         # What enter() does for each item, unrolled: at a million items the calls, the
         # heappush per item and max() per item were 1.5 s of a restart. Entries are
         # appended and the heap built once (heapify is O(n), n heappushes O(n log n)).
@@ -176,6 +208,7 @@ class Indexes:
         held: dict[str, dict[str, None]] = {}
         heap: list[tuple[float, str]] = []
         live: dict[str, float] = {}
+        heard: dict[str, float] = {}
         stale: dict[str, None] = {}
         other: dict[str, int] = {}
         rank_of, push = PRIORITY_RANK.get, heap.append
@@ -197,16 +230,17 @@ class Indexes:
                     mine = held[item.agent_id] = {}
                 mine[wid] = None
                 n_active += 1
+                h = heard[wid] = last_heard(item) - wall_offset
                 if item.stale_since is not None:
                     stale[wid] = None
                 else:
-                    d = live[wid] = deadline(policy, item, not_before)
+                    d = live[wid] = deadline(policy, item, h, not_before)
                     push((d, wid))
             else:
                 other[status] = other.get(status, 0) + 1
         heapq.heapify(heap)
         self.pending, self.held, self.stale, self.n_other = pending, held, stale, other
-        self.heap, self.live, self.n_active = heap, live, n_active
+        self.heap, self.live, self.heard, self.n_active = heap, live, heard, n_active
         return top_lease
 
     def held_ids(self, agent_id: str) -> Iterator[str]:

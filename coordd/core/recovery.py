@@ -35,7 +35,7 @@ def stale_items(state: State, now: float) -> list[WorkItem]:
     """Every stale active item, most silent first. A scan of the active items: for
     commands, not the tick."""
     found = [i for i in state.active_items() if state.is_stale(i, now)]
-    found.sort(key=lambda i: rules.silent_for(i, now), reverse=True)
+    found.sort(key=lambda i: state.silent_for(i, now), reverse=True)
     return found
 
 
@@ -44,7 +44,7 @@ def _report(state: State, item: WorkItem, now: float, chosen: str, applied: bool
         work_item_id=item.work_item_id,
         agent_id=item.agent_id,
         strategy=chosen,
-        silent_for=rules.silent_for(item, now),
+        silent_for=state.silent_for(item, now),
         threshold=rules.threshold(state.policy, item),
         applied=applied,
     )
@@ -74,7 +74,7 @@ def tick(state: State, now: float) -> list[Recovery]:
     for item in state.pop_expired(now):
         state.mark_stale(item, now)
         reason = (
-            f"no heartbeat for {rules.silent_for(item, now):.1f}s"
+            f"no heartbeat for {state.silent_for(item, now):.1f}s"
             f" (threshold {rules.threshold(state.policy, item):g}s)"
         )
         done.append(recover(state, item, now, rules.strategy(state.policy, item), reason))
@@ -103,7 +103,7 @@ def recover_stale(
             chosen = rules.effective_strategy(state.policy, item, strategy)
             reports.append(_report(state, item, now, chosen, applied=False))
             continue
-        silent = rules.silent_for(item, now)
+        silent = state.silent_for(item, now)
         reason = f"recover-stale {strategy} by operator (silent {silent:.0f}s)"
         reports.append(recover(state, item, now, strategy, reason))
     return reports

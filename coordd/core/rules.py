@@ -11,10 +11,16 @@ claim time), its work type's ``stale_threshold`` in the config file, the global
 global ``recovery``; ``retry`` escalates to ``retry_escalation`` once an item has
 been retried ``max_retries`` times.
 
+Two clocks (``coordd.clock``): every judgement is made on the monotonic clock of this
+run. ``now`` and ``heard`` (when an active item was last heard of, kept per item by
+``State``'s indexes, never persisted) are monotonic seconds, so a step of the wall
+clock changes no silence. The item's own times (``last_heartbeat``, ...) are wall
+times, for people and files.
+
 Restart grace: before ``not_before`` (set when the daemon starts) nobody is judged,
 so downtime is never counted against agents that need time to reconnect. Silence is
-counted from ``max(last heard, not_before)`` for every judgement; ``silent_for``
-itself stays the plain fact shown to people.
+counted from ``max(heard, not_before)`` for every judgement; ``silent_for`` itself
+stays the plain fact shown to people.
 """
 
 from __future__ import annotations
@@ -74,22 +80,18 @@ def effective_strategy(policy: Policy, item: WorkItem, requested: str) -> str:
 
 
 def last_heard(item: WorkItem) -> float:
-    """When the item was last heard of: its last heartbeat, else its creation."""
+    """When the item was last heard of, wall time: its last heartbeat, else its creation."""
     return item.last_heartbeat if item.last_heartbeat is not None else item.created_at
 
 
-def silent_for(item: WorkItem, now: float) -> float:
-    """Seconds since the item was last heard of (never negative; grace not applied)."""
-    return max(0.0, now - last_heard(item))
+def silent_for(heard: float, now: float) -> float:
+    """Seconds since ``heard`` (never negative; grace not applied)."""
+    return max(0.0, now - heard)
 
 
-def deadline(policy: Policy, item: WorkItem, not_before: float) -> float:
-    """When an active item becomes stale if it hears nothing more."""
-    # last_heard() and max() inlined: this runs once per active item on every restart.
-    last = item.last_heartbeat
-    if last is None:
-        last = item.created_at
-    return (last if last > not_before else not_before) + threshold(policy, item)
+def deadline(policy: Policy, item: WorkItem, heard: float, not_before: float) -> float:
+    """When an active item last heard of at ``heard`` becomes stale if it hears nothing more."""
+    return (heard if heard > not_before else not_before) + threshold(policy, item)
 
 
 def in_grace(now: float, not_before: float) -> bool:
@@ -97,20 +99,20 @@ def in_grace(now: float, not_before: float) -> bool:
     return now < not_before
 
 
-def is_stale(policy: Policy, item: WorkItem, now: float, not_before: float) -> bool:
+def is_stale(policy: Policy, item: WorkItem, heard: float, now: float, not_before: float) -> bool:
     """Active and marked stale, or silent past its threshold (restart grace included)."""
     if item.status != Status.ACTIVE:
         return False
-    return item.stale_since is not None or deadline(policy, item, not_before) <= now
+    return item.stale_since is not None or deadline(policy, item, heard, not_before) <= now
 
 
 def is_potentially_stale(
-    policy: Policy, item: WorkItem, now: float, not_before: float, warn_ratio: float
+    policy: Policy, item: WorkItem, heard: float, now: float, not_before: float, warn_ratio: float
 ) -> bool:
     """Not stale yet, but silent past ``warn_ratio`` of its threshold (grace included)."""
-    if is_stale(policy, item, now, not_before):
+    if is_stale(policy, item, heard, now, not_before):
         return False
-    since = max(last_heard(item), not_before)
+    since = max(heard, not_before)
     return now - since > warn_ratio * threshold(policy, item)
 
 

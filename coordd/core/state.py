@@ -1,7 +1,10 @@
 """The state machine: work items, agents, leases, indexes and the deadline heap.
 
 Pure and synchronous, like h11: no sockets, no files, no clock reads, no logging.
-Every transition takes ``now`` (seconds since the epoch, from the caller's clock),
+Every transition takes ``now``, seconds on the caller's monotonic clock (every silence
+and deadline is measured on it: a step of the wall clock recovers nobody), and stamps
+what people read and files keep with wall time, ``now + wall_offset``, the offset the
+caller last gave ``set_clock`` (0 by default: then ``now`` is wall time too). It
 validates, applies, and appends what happened to two outboxes the edges drain:
 ``records`` (for the write-ahead journal) and ``events`` (for the PUB socket and logs).
 When an item is stale is asked of ``rules``; the tick and recovery that act on it
@@ -73,6 +76,8 @@ class State:
         self._last_id_ns = 0
         # The restart grace (see ``rules``): nobody is judged on silence before it.
         self.not_before = 0.0
+        # Wall time minus monotonic time, as of the caller's last reading (``set_clock``).
+        self.wall_offset = 0.0
         self._ix = Indexes()
         # One ``heartbeat`` event per heartbeat message when set (config
         # ``publish_heartbeats``). Off by default: it costs more than the heartbeat itself
@@ -102,6 +107,15 @@ class State:
         # not when its old entry surfaces. (~1 s per million active items.)
         self._ix.requeue(self.items, self.policy, self.not_before)
         return True
+
+    def set_clock(self, wall: float, mono: float) -> None:
+        """The caller's two clocks, read together: what ``now`` (monotonic) is in wall
+        time from here on. Silence already measured is unchanged whatever the step."""
+        self.wall_offset = wall - mono
+
+    def wall(self, now: float) -> float:
+        """Wall time of the monotonic instant ``now``: what timestamps are written as."""
+        return now + self.wall_offset
 
     def start_grace(self, now: float) -> None:
         """Start the restart grace at ``now``: silence before it is not counted."""
@@ -141,13 +155,34 @@ class State:
 
     # --- freshness, as the rules judge it with this state's policy and grace --------
 
+    def heard(self, item: WorkItem) -> float:
+        """When ``item`` was last heard of, on the monotonic clock (see ``rules``)."""
+        h = self._ix.heard.get(item.work_item_id)
+        return h if h is not None else rules.last_heard(item) - self.wall_offset
+
+    def silent_for(self, item: WorkItem, now: float) -> float:
+        """Seconds ``item`` has been silent at ``now`` (monotonic; grace not applied)."""
+        return rules.silent_for(self.heard(item), now)
+
     def deadline(self, item: WorkItem) -> float:
         """When an active item becomes stale if it hears nothing more."""
-        return rules.deadline(self.policy, item, self.not_before)
+        return rules.deadline(self.policy, item, self.heard(item), self.not_before)
 
     def is_stale(self, item: WorkItem, now: float) -> bool:
         """Whether ``item`` is stale at ``now`` (see ``rules.is_stale``)."""
-        return rules.is_stale(self.policy, item, now, self.not_before)
+        return rules.is_stale(self.policy, item, self.heard(item), now, self.not_before)
+
+    def is_potentially_stale(self, item: WorkItem, now: float, warn_ratio: float) -> bool:
+        """Not stale, but silent past ``warn_ratio`` of its threshold at ``now``."""
+        heard = self.heard(item)
+        return rules.is_potentially_stale(
+            self.policy, item, heard, now, self.not_before, warn_ratio
+        )
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the deadline heap, dead ones included: what it costs in memory."""
+        return len(self._ix.heap)
 
     @property
     def heap_pops(self) -> int:
@@ -161,7 +196,7 @@ class State:
             kw.setdefault("work_item_id", item.work_item_id)
             kw.setdefault("agent_id", item.agent_id)
             kw.setdefault("lease", item.lease)
-        self.events.append(Event(event=event, at=now, **kw))
+        self.events.append(Event(event=event, at=now + self.wall_offset, **kw))
 
     def _put(self, item: WorkItem) -> None:
         self.records.append(PutItem(item))
@@ -175,7 +210,7 @@ class State:
         # collision step one nanosecond, so ids stay unique and sortable by time.
         # Starting past the last id handed out keeps a burst of claims at one instant
         # O(1) each instead of walking every id taken before (O(n) each).
-        ns = max(int(now * 1e9), self._last_id_ns + 1)
+        ns = max(int((now + self.wall_offset) * 1e9), self._last_id_ns + 1)
         while f"{prefix}_{ns}" in self.items:
             ns += 1
         self._last_id_ns = ns
@@ -252,16 +287,21 @@ class State:
         self._check_text("agent_id", agent_id, self.limits.max_id_len, "max_id_len")
         if len(self.agents) >= self.limits.max_agents:
             raise LimitReached(f"coordd holds {len(self.agents)} agents (max_agents)")
-        agent = Agent(agent_id=agent_id, team=team, registered_at=now, last_heartbeat=now)
+        t = now + self.wall_offset
+        agent = Agent(agent_id=agent_id, team=team, registered_at=t, last_heartbeat=t)
         self.agents[agent_id] = agent
         self.records.append(PutAgent(agent))
         return agent
 
     # --- indexes (derived data: see ``indexes``) ---------------------------------
 
-    def _index(self, item: WorkItem) -> None:
+    def _index(self, item: WorkItem, heard: float | None = None) -> None:
+        """Index ``item``; an active one was last heard of at ``heard`` (monotonic),
+        by default when its wall times say."""
+        if heard is None:
+            heard = rules.last_heard(item) - self.wall_offset
         unmet = rules.unmet(item, self.items) if item.after and item.status == "pending" else ()
-        self._ix.enter(item, self.policy, self.not_before, unmet)
+        self._ix.enter(item, self.policy, self.not_before, heard, unmet)
 
     def _unindex(self, item: WorkItem) -> None:
         self._ix.leave(item)
@@ -277,7 +317,7 @@ class State:
 
     def rebuild_indexes(self) -> None:
         """Recompute every index from ``items`` (after a load, a replay or an import)."""
-        top = self._ix.rebuild(self.items, self.policy, self.not_before)
+        top = self._ix.rebuild(self.items, self.policy, self.not_before, self.wall_offset)
         self.lease_seq = max(self.lease_seq, top)
 
     # --- holder checks --------------------------------------------------------------
@@ -340,7 +380,7 @@ class State:
         agent.capacity = capacity
         agent.specialization = specialization or agent.specialization
         agent.status = "active"
-        agent.last_heartbeat = now
+        agent.last_heartbeat = now + self.wall_offset
         self.records.append(PutAgent(agent))
         self._emit("registered", now, agent_id=agent_id)
         return agent
@@ -368,12 +408,12 @@ class State:
             description=description,
             priority=Priority(priority),
             team=team,
-            created_at=now,
+            created_at=now + self.wall_offset,
             stale_after=stale_after,
             after=after,
         )
         self.items[item.work_item_id] = item
-        self._index(item)
+        self._index(item, now)
         self._put(item)
         self._emit("added", now, item)
         return item
@@ -406,7 +446,7 @@ class State:
             description=description,
             priority=Priority(priority),
             team=team,
-            created_at=now,
+            created_at=now + self.wall_offset,
             stale_after=stale_after,
             after=after,
         )
@@ -454,11 +494,10 @@ class State:
     def _take(self, item: WorkItem, agent_id: str, now: float) -> None:
         item.status = Status.ACTIVE
         item.agent_id = agent_id
-        item.claimed_at = now
-        item.last_heartbeat = now
+        item.claimed_at = item.last_heartbeat = now + self.wall_offset
         item.stale_since = None
         item.lease = self._next_lease()
-        self._index(item)
+        self._index(item, now)
         self._put(item)
         self.counters["claims"] += 1
         self._emit("claimed", now, item)
@@ -500,7 +539,7 @@ class State:
         if work_item_id is None:
             if agent is None:
                 raise UnknownAgent(f"no agent {agent_id!r}; register or claim first")
-            agent.last_heartbeat = now
+            agent.last_heartbeat = now + self.wall_offset
             n = 0
             for wid in self._ix.held.get(agent_id, ()):
                 self._refresh(self.items[wid], now)
@@ -518,15 +557,16 @@ class State:
         ):
             # The common case in one test (the holder refreshing a fresh item): what the
             # general path below would do, without its calls. Heartbeats are the hot path.
-            item.last_heartbeat = now
+            self._ix.heard[work_item_id] = now
+            item.last_heartbeat = wall = now + self.wall_offset
             if agent is not None:
-                agent.last_heartbeat = now
+                agent.last_heartbeat = wall
             self.counters["heartbeats"] += 1
             return 1
         item = self.get(work_item_id)
         self._check_holder(item, agent_id, lease, now)
         if agent is not None:
-            agent.last_heartbeat = now
+            agent.last_heartbeat = now + self.wall_offset
         self._refresh(item, now)
         if progress is not None and progress != item.progress:
             self._set_progress(item, progress, None)
@@ -539,7 +579,8 @@ class State:
         """Item heartbeats of one agent: (items refreshed, refusals by item). Every item
         is refreshed exactly as ``heartbeat`` would one by one; at most one event for the
         whole batch, never one per item."""
-        items = self.items
+        items, heard = self.items, self._ix.heard
+        wall = now + self.wall_offset
         refused: list[tuple[str, DomainError]] = []
         fast = slow = 0
         for beat in beats:
@@ -552,7 +593,8 @@ class State:
                 and item.status == _ACTIVE
                 and item.stale_since is None
             ):
-                item.last_heartbeat = now  # the holder refreshing a fresh item
+                heard[wid] = now  # the holder refreshing a fresh item
+                item.last_heartbeat = wall
                 fast += 1
                 continue
             try:
@@ -562,14 +604,16 @@ class State:
         if fast:
             agent = self.agents.get(agent_id)
             if agent is not None:
-                agent.last_heartbeat = now
+                agent.last_heartbeat = wall
             self.counters["heartbeats"] += fast
         if self.heartbeat_events:
             self._emit("heartbeat", now, agent_id=agent_id, detail=f"refreshed {fast + slow}")
         return fast + slow, refused
 
     def _refresh(self, item: WorkItem, now: float) -> None:
-        item.last_heartbeat = now
+        item.last_heartbeat = now + self.wall_offset
+        if item.work_item_id in self._ix.heard:  # active (the caller checked the holder)
+            self._ix.heard[item.work_item_id] = now
         if item.stale_since is not None:
             # A stale item left alone (strategy ``none``) is fresh again.
             item.stale_since = None
@@ -629,7 +673,7 @@ class State:
         self._unindex(item)
         item.status = status
         self._ix.count_finished(status)
-        item.completed_at = now
+        item.completed_at = now + self.wall_offset
         item.result = result
         item.velocity_points = velocity
         item.progress = 100 if status == Status.COMPLETED else item.progress
@@ -637,7 +681,7 @@ class State:
         self._put(item)
         entry = Completion(
             work_item_id=item.work_item_id,
-            completed_at=now,
+            completed_at=now + self.wall_offset,
             agent_id=item.agent_id,
             result=result,
             velocity_points=velocity,
@@ -697,10 +741,10 @@ class State:
 
     def mark_stale(self, item: WorkItem, now: float) -> None:
         """Record that ``item`` was found stale at ``now`` (once: it leaves the heap)."""
-        item.stale_since = now
+        item.stale_since = now + self.wall_offset
         self._ix.mark_stale(item.work_item_id)
         self.counters["stale_detected"] += 1
-        silent = rules.silent_for(item, now)
+        silent = self.silent_for(item, now)
         self._emit("stale_detected", now, item, detail=f"silent {silent:.1f}s")
 
     def recover_reassign(self, item: WorkItem, now: float, reason: str) -> None:
@@ -714,16 +758,16 @@ class State:
         self._unindex(item)
         item.progress = 0
         item.retry_count += 1
-        item.last_heartbeat = now
+        item.last_heartbeat = now + self.wall_offset
         item.stale_since = None
-        self._index(item)
+        self._index(item, now)
         self._mark_recovered(item, now, reason, None, "retry")
 
     def recover_fail(self, item: WorkItem, now: float, reason: str) -> None:
         """Give up: status failed, released, logged with result ``failed_stale``."""
         holder = item.agent_id
         item.recovery_reason = reason
-        item.recovered_at = now
+        item.recovered_at = now + self.wall_offset
         item.recovered_from = holder
         # Released: a new lease fences off the silent holder should it come back.
         item.lease = self._next_lease()
@@ -734,7 +778,7 @@ class State:
         self, item: WorkItem, now: float, reason: str, holder: str | None, strategy: str
     ) -> None:
         item.recovery_reason = reason
-        item.recovered_at = now
+        item.recovered_at = now + self.wall_offset
         if holder is not None:
             item.recovered_from = holder
         self._put(item)

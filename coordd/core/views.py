@@ -73,7 +73,7 @@ def _entry(state: State, item: WorkItem, now: float) -> StaleEntry:
         agent_id=item.agent_id,
         work_type=item.work_type,
         description=item.description,
-        silent_for=rules.silent_for(item, now),
+        silent_for=state.silent_for(item, now),
         threshold=rules.threshold(policy, item),
         strategy=rules.effective_strategy(policy, item, rules.strategy(policy, item)),
         stale_since=item.stale_since,
@@ -89,12 +89,11 @@ def dashboard(
     fresh = warn = 0
     stale: list[StaleEntry] = []
     rows: list[tuple[float, int, Row]] = []
-    policy, not_before = state.policy, state.not_before
     for n, item in enumerate(state.active_items()):
-        if rules.is_stale(policy, item, now, not_before):
+        if state.is_stale(item, now):
             stale.append(_entry(state, item, now))
             kind = "stale"
-        elif rules.is_potentially_stale(policy, item, now, not_before, warn_ratio):
+        elif state.is_potentially_stale(item, now, warn_ratio):
             warn += 1
             kind = "potentially_stale"
         else:
@@ -126,7 +125,7 @@ def _row(state: State, item: WorkItem, now: float, kind: str) -> Row:
         agent_id=item.agent_id,
         work_type=item.work_type,
         freshness=kind,
-        silent_for=rules.silent_for(item, now),
+        silent_for=state.silent_for(item, now),
         threshold=rules.threshold(state.policy, item),
         progress=item.progress,
         stage=item.stage,

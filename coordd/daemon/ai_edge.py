@@ -151,7 +151,7 @@ def analysis(
         fresh=getattr(req, "fresh", False),
         save_as=FILES.get(kind),
     )
-    return Deferred(job, now)
+    return Deferred(job, state.wall(now))  # the answer's generated_at: for people
 
 
 def status_job(now: float) -> Deferred:

@@ -24,8 +24,8 @@ def load_state(
 ) -> None:
     """Snapshot + journal replay, then a legacy import if this is a first start (and
     ``writable``: a standby writes nothing); the restart grace starts at ``now``
-    (downtime is never counted against an agent). Raises ``StoreError`` when the store
-    cannot be read."""
+    (monotonic; downtime, and any step of the wall clock while down, is never counted
+    against an agent). Raises ``StoreError`` when the store cannot be read."""
     report = store.load(state)
     log.info(
         "state_loaded",
@@ -40,7 +40,7 @@ def load_state(
     first_start = not report.snapshot
     legacy_files = cfg.legacy_import and legacy.has_legacy_files(cfg.coordination_dir)
     if first_start and writable and legacy_files:
-        import_legacy(cfg.coordination_dir, state, store, snapshots, now)
+        import_legacy(cfg.coordination_dir, state, store, snapshots, state.wall(now))
     snapshots.schedule_from(now)
     state.start_grace(now)
 
@@ -48,7 +48,8 @@ def load_state(
 def import_legacy(
     directory: str, state: State, store: Store, snapshots: Snapshots, now: float
 ) -> None:
-    """Journal what the old files hold, then snapshot it at once."""
+    """Journal what the old files hold, then snapshot it at once (``now``: wall time,
+    the import's stamp for rows that have none)."""
     records, summary = legacy.import_dir(directory, state, now)
     store.append(records)
     store.sync()

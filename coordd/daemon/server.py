@@ -31,6 +31,7 @@ import structlog
 import zmq
 
 from coordd import __version__, keys, protocol
+from coordd.clock import Clock, SystemClock
 from coordd.config import Config
 from coordd.core import recovery
 from coordd.core.model import DomainError, Limits
@@ -45,8 +46,6 @@ from coordd.protocol import Error, Ok
 from coordd.storage.store import Role, Store, StoreError, open_store
 
 log = structlog.get_logger("coordd")
-
-Clock = Callable[[], float]
 
 # Plain ints, not pyzmq's enum flags: on the hot path every ``flags | SNDMORE`` and every
 # ``getsockopt(RCVMORE)`` went through ``enum`` machinery (about a tenth of the loop's
@@ -76,20 +75,21 @@ class Daemon:
     def __init__(
         self,
         cfg: Config,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         store: Store | None = None,
         notifier: Notifier | None = None,
         load_config: Callable[[], Config] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.clock = clock
+        # Durations on clock.mono(), timestamps on clock.wall(): see coordd/clock.py.
+        self.clock: Clock = clock or SystemClock()
         self.state = State(cfg.policy(), _limits(cfg))
         self.state.heartbeat_events = cfg.publish_heartbeats
         self.store = store or open_store(cfg, metrics.JOURNAL_FSYNC_SECONDS.observe)
-        self.snapshots = Snapshots(cfg, self.state, self.store, clock)
+        self.snapshots = Snapshots(cfg, self.state, self.store, self.clock)
         self.codec = protocol.Codec()
         self.version_probe = msgspec.msgpack.Decoder(VersionProbe)
-        self.started_at = clock()
+        self.started_at = self.clock.mono()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._stop = False
         # A shared store (PostgreSQL) may make this process a standby (daemon/standby.py).
@@ -149,7 +149,7 @@ class Daemon:
             self.role = self.store.role()
             self.leading = self.role.leader
             loading.load_state(
-                cfg, self.state, self.store, self.snapshots, self.clock(), self.leading
+                cfg, self.state, self.store, self.snapshots, self.now(), self.leading
             )
         except StoreError as e:
             raise StartupError(str(e)) from None
@@ -271,15 +271,15 @@ class Daemon:
         zap = self.curve.zap_sock
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
-        next_tick = self.clock() + self.cfg.tick_interval
+        next_tick = self.now() + self.cfg.tick_interval
         self._sample()
         self.notifier.ready(self._status_line())
         while not self._stop:
             # Round up: a timeout truncated to 0 ms would spin until the tick is due.
-            wait = min(next_tick - self.clock(), self.notifier.seconds_to_ping())
+            wait = min(next_tick - self.clock.mono(), self.notifier.seconds_to_ping())
             timeout_ms = max(0, math.ceil(wait * 1000))
             ready = dict(poller.poll(timeout_ms))
-            now = self.clock()
+            now = self.now()
             self._check_role(now)
             if self.agent_sock in ready:
                 self._drain(self.agent_sock, now, from_control=False)
@@ -298,7 +298,7 @@ class Daemon:
                 self.on_tick(now)
                 next_tick = now + self.cfg.tick_interval
             self._flush()
-            self.on_wake(self.clock())
+            self.on_wake(self.clock.mono())
             self.notifier.ping()
         self.notifier.stopping()
         log.info("stopping", reason="signal")
@@ -340,6 +340,14 @@ class Daemon:
 
     def _status_line(self) -> str:
         return self.metrics.summary() if self.leading else standby.status_line(self.role)
+
+    def now(self) -> float:
+        """The monotonic now every handler and the tick get; the state learns what it
+        is in wall time at the same moment (its timestamps follow a wall-clock step,
+        its silences do not)."""
+        wall, mono = self.clock.wall(), self.clock.mono()
+        self.state.set_clock(wall, mono)
+        return mono
 
     def _wake_loop(self) -> None:
         """Called from another thread (the AI worker): make the poller return."""

@@ -14,14 +14,13 @@ import msgspec
 import structlog
 
 from coordd import legacy
+from coordd.clock import Clock
 from coordd.config import Config
 from coordd.core.state import State
 from coordd.daemon import metrics
 from coordd.storage.store import SnapshotResult, Store
 
 log = structlog.get_logger("coordd")
-
-Clock = Callable[[], float]
 
 
 class Snapshots:
@@ -35,6 +34,9 @@ class Snapshots:
         self.last: dict[str, Any] = {"count": 0, "running": False}
         self.health = "ok"
         self.degraded_reason = ""
+
+    # ``now`` below is monotonic (the schedule); the document and the figures people
+    # read are stamped with the wall clock.
 
     def schedule_from(self, now: float) -> None:
         self.next_at = now + self.cfg.snapshot_interval
@@ -54,12 +56,12 @@ class Snapshots:
         if due and not self.store.snapshot_running:
             self.next_at = now + self.cfg.snapshot_interval
             self.requested = False
-            self.store.snapshot_background(self.state, now, self.export_hook())
+            self.store.snapshot_background(self.state, self.clock.wall(), self.export_hook())
             self.last["running"] = self.store.snapshot_running
 
     def write_now(self) -> None:
         """A snapshot in the foreground (at stop, after a legacy import)."""
-        self.done(self.store.snapshot(self.state, self.clock(), self.export_hook()))
+        self.done(self.store.snapshot(self.state, self.clock.wall(), self.export_hook()))
 
     def export_hook(self) -> Callable[[], None] | None:
         if not self.cfg.legacy_export:
@@ -71,7 +73,7 @@ class Snapshots:
         self.last = {
             "count": self.last.get("count", 0) + 1,
             "running": False,
-            "at": self.clock(),
+            "at": self.clock.wall(),
             **msgspec.structs.asdict(result),
         }
         if not result.ok:

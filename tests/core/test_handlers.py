@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from coordd import protocol as p
+from coordd.clock import FakeClock
 from coordd.config import Config
 from coordd.core import recovery
 from coordd.core.model import BadRequest
@@ -117,7 +118,8 @@ def test_an_item_silent_through_a_restart_gets_one_threshold_of_grace(tmp_path: 
 
     def boot(now: float) -> State:
         state, store = State(cfg.policy()), FileStore(tmp_path)
-        loading.load_state(cfg, state, store, Snapshots(cfg, state, store, lambda: now), now)
+        clock = FakeClock(wall=now, mono=now)
+        loading.load_state(cfg, state, store, Snapshots(cfg, state, store, clock), now)
         return state
 
     first = boot(T0)

@@ -26,6 +26,11 @@ def active(last: float | None = T0, **fields: object) -> WorkItem:
     )
 
 
+def heard(item: WorkItem) -> float:
+    """When the item was last heard of, on a monotonic clock that here equals the wall."""
+    return rules.last_heard(item)
+
+
 POLICY = Policy(
     stale_threshold=300,
     recovery="reassign",
@@ -48,7 +53,7 @@ POLICY = Policy(
 def test_threshold_precedence(work_type: str, stale_after: float | None, expected: float) -> None:
     item = active(work_type=work_type, stale_after=stale_after)
     assert rules.threshold(POLICY, item) == expected
-    assert rules.deadline(POLICY, item, not_before=0.0) == T0 + expected
+    assert rules.deadline(POLICY, item, heard(item), not_before=0.0) == T0 + expected
 
 
 def test_strategy_precedence_and_escalation() -> None:
@@ -61,39 +66,46 @@ def test_strategy_precedence_and_escalation() -> None:
 
 
 def test_silence_counts_from_the_last_heartbeat_else_creation() -> None:
-    assert rules.silent_for(active(last=T0), T0 + 42) == 42
-    assert rules.silent_for(active(last=None), T0) == 100  # created at T0 - 100
-    assert rules.silent_for(active(last=T0 + 5), T0) == 0  # a clock step back: never negative
+    assert rules.last_heard(active(last=T0)) == T0
+    assert rules.last_heard(active(last=None)) == T0 - 100  # created at T0 - 100
+    assert rules.silent_for(T0, T0 + 42) == 42
+    assert rules.silent_for(T0 + 5, T0) == 0  # never negative
 
 
 def test_stale_exactly_at_the_deadline() -> None:
     item = active(last=T0)
-    assert not rules.is_stale(POLICY, item, T0 + 299.999, not_before=0.0)
-    assert rules.is_stale(POLICY, item, T0 + 300, not_before=0.0)
+    assert not rules.is_stale(POLICY, item, heard(item), T0 + 299.999, not_before=0.0)
+    assert rules.is_stale(POLICY, item, heard(item), T0 + 300, not_before=0.0)
 
 
 def test_restart_grace_postpones_every_judgement() -> None:
     # Down for an hour: silent since T0, but the daemon started again at T0 + 3600.
     item, start = active(last=T0), T0 + 3600
     assert rules.in_grace(start - 1, start) and not rules.in_grace(start, start)
-    assert rules.deadline(POLICY, item, start) == start + 300
-    assert not rules.is_stale(POLICY, item, start + 299, start)
-    assert rules.is_stale(POLICY, item, start + 300, start)
+    assert rules.deadline(POLICY, item, heard(item), start) == start + 300
+    assert not rules.is_stale(POLICY, item, heard(item), start + 299, start)
+    assert rules.is_stale(POLICY, item, heard(item), start + 300, start)
     # "Potentially stale" counts from the same start: not at once after a restart.
-    assert not rules.is_potentially_stale(POLICY, item, start + 1, start, warn_ratio=0.5)
-    assert rules.is_potentially_stale(POLICY, item, start + 151, start, warn_ratio=0.5)
+    assert not rules.is_potentially_stale(
+        POLICY, item, heard(item), start + 1, start, warn_ratio=0.5
+    )
+    assert rules.is_potentially_stale(POLICY, item, heard(item), start + 151, start, warn_ratio=0.5)
     # The grace shields nothing that was heard of after it began.
     late = active(last=start + 10)
-    assert rules.deadline(POLICY, late, start) == start + 310
+    assert rules.deadline(POLICY, late, heard(late), start) == start + 310
 
 
 def test_only_active_items_are_stale_and_a_marked_one_stays_stale() -> None:
     done = active(last=T0)
     done.status = Status.COMPLETED
-    assert not rules.is_stale(POLICY, done, T0 + 10_000, not_before=0.0)
+    assert not rules.is_stale(POLICY, done, heard(done), T0 + 10_000, not_before=0.0)
     marked = active(last=T0 + 50, stale_since=T0 + 40)
-    assert rules.is_stale(POLICY, marked, T0 + 51, not_before=0.0)  # until it is refreshed
-    assert not rules.is_potentially_stale(POLICY, marked, T0 + 51, 0.0, warn_ratio=0.5)
+    assert rules.is_stale(
+        POLICY, marked, heard(marked), T0 + 51, not_before=0.0
+    )  # until it is refreshed
+    assert not rules.is_potentially_stale(
+        POLICY, marked, heard(marked), T0 + 51, 0.0, warn_ratio=0.5
+    )
 
 
 def test_validate_policy_names_each_bad_key() -> None:

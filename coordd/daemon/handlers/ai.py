@@ -52,4 +52,4 @@ def recommend_claim(ctx: Context, req: p.AiRecommendClaim, now: float) -> Any:
 
 @route(p.AiStatus)
 def status(ctx: Context, req: p.AiStatus, now: float) -> Any:
-    return status_job(now)
+    return status_job(ctx.state.wall(now))

@@ -12,7 +12,8 @@ from coordd.daemon.routes import Context, route
 
 @route(p.CheckStale, agents=True)
 def check_stale(ctx: Context, req: p.CheckStale, now: float) -> Any:
-    return {"now": now, "stale": views.stale_report(ctx.state, now)}
+    # "now" is shown to people (the report's time): wall time; silences are monotonic.
+    return {"now": ctx.state.wall(now), "stale": views.stale_report(ctx.state, now)}
 
 
 @route(p.RecoverStale)
@@ -24,7 +25,7 @@ def recover_stale(ctx: Context, req: p.RecoverStale, now: float) -> Any:
 def dashboard(ctx: Context, req: p.Freshness, now: float) -> Any:
     policy = ctx.state.policy
     return {
-        "now": now,
+        "now": ctx.state.wall(now),
         "dashboard": views.dashboard(ctx.state, now, limit=req.limit),
         "stale_threshold": policy.stale_threshold,
         "recovery": policy.recovery,
