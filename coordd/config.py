@@ -90,6 +90,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_items: int = 5_000_000
     max_agents: int = 100_000
     max_message_bytes: int = 1_048_576
+    # Reply bytes coordd holds for one peer that does not read them (beyond ZeroMQ's
+    # own queue of 64 replies); past it that peer's replies are dropped.
+    max_peer_reply_bytes: int = 4 * 1_048_576
     max_batch: int = 10_000
     max_id_len: int = protocol.MAX_ID_LEN
     max_description_len: int = protocol.MAX_TEXT_LEN
@@ -277,6 +280,7 @@ def validate(cfg: Config) -> list[str]:
         "max_items",
         "max_agents",
         "max_message_bytes",
+        "max_peer_reply_bytes",
         "max_batch",
         "max_id_len",
         "max_description_len",

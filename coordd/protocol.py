@@ -45,9 +45,14 @@ MAX_CAPACITY = 1_000_000  # items one agent may be declared able to hold
 MAX_LEASE = 2**53
 # A threshold longer than ten years is a mistake; a finite bound keeps deadlines finite.
 MAX_SECONDS = 10 * 365 * 24 * 3600.0
-# ``list`` answers at most this many items per page (see ``List``); a larger ``limit``
-# is served as pages, never as one reply a slow reader would make coordd hold.
+# ``list`` answers at most this many items, and about this many bytes, per page (see
+# ``List``); more is served as pages, never as one reply a slow reader would make coordd
+# hold. At most MAX_SCAN items are looked at per page, so a filter that matches little
+# among millions costs one bounded step per request, not one long stall of the loop.
 MAX_PAGE = 1000
+MAX_PAGE_BYTES = 512 * 1024
+MAX_SCAN = 100_000
+MAX_CURSOR_LEN = MAX_ID_LEN + 48
 # An old client's ``limit`` may be any count: it is clamped to MAX_PAGE, not refused.
 MAX_LIMIT = 2**63 - 1
 
@@ -213,7 +218,15 @@ class Release(Request, tag="release"):
 
 
 class List(Request, tag="list"):
-    """Items, filtered; newest first is not promised, id order is."""
+    """Items, filtered, in the order they were created; one page per request.
+
+    ``cursor`` asks for pages: ``""`` for the first, then the ``next`` of the previous
+    reply. The reply is then ``{"items": [...], "next": cursor or null}`` (null: no
+    more). A page holds at most ``min(limit, MAX_PAGE)`` items and about
+    ``MAX_PAGE_BYTES``, and may hold fewer (even none) with a ``next``: follow it.
+    Without ``cursor`` (older clients) the reply is the plain list of the first page.
+    The cursor is opaque; a page may repeat an item of the previous one if items were
+    pruned meanwhile, never skip one."""
 
     status: Id | None = None
     team: Id | None = None
@@ -221,6 +234,7 @@ class List(Request, tag="list"):
     work_type: Id | None = None
     limit: Limit = MAX_PAGE
     ready: bool = False  # only pending items no dependency blocks (claimable now)
+    cursor: Annotated[str, msgspec.Meta(max_length=MAX_CURSOR_LEN)] | None = None
 
 
 class Show(Request, tag="show"):

@@ -265,7 +265,13 @@ def register(
 @click.option("--team")
 @click.option("--agent", "agent_id")
 @click.option("--type", "work_type")
-@click.option("--limit", type=click.IntRange(min=1), default=1000)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Show at most this many items (coordctl says so when more match).",
+)
 @click.option("--ready", is_flag=True, help="Only items that can be claimed now.")
 def list_(
     ctx: Ctx,
@@ -277,23 +283,47 @@ def list_(
     ready: bool,
     as_json: bool,
 ) -> None:
-    """List work items, filtered by status, team, agent or type."""
-    data = call(
-        ctx,
-        protocol.List(
+    """List work items, filtered by status, team, agent or type (one page at a time,
+    following the daemon's cursor)."""
+
+    def ask(cursor: str, n: int) -> Any:
+        req = protocol.List(
             status=status,
             team=team,
             agent_id=agent_id,
             work_type=work_type,
-            limit=limit,
+            limit=n,
             ready=ready,
-        ),
-    )
+            cursor=cursor,
+        )
+        return call(ctx, req)
+
+    items: list[Any] = []
+    after: str | None = ""
+    while after is not None and len(items) < limit:
+        page = ask(after, min(limit - len(items), protocol.MAX_PAGE))
+        items.extend(page["items"])
+        after = page["next"]
+    if after is not None and _more_after(ask, after):
+        click.echo(
+            f"coordctl: stopped at --limit {limit}; more items match (raise --limit)",
+            err=True,
+        )
     emit(
         as_json,
-        views.item_list(data),
+        views.item_list(items),
         lambda v: render.item_rows(v.items) if v.items else "no work items",
     )
+
+
+def _more_after(ask: Callable[[str, int], Any], after: str | None) -> bool:
+    """Whether any item matches past the cursor ``after`` (pages may come back empty)."""
+    while after is not None:
+        page = ask(after, 1)
+        if page["items"]:
+            return True
+        after = page["next"]
+    return False
 
 
 @command(short_help="Everything about one item, and what it waits for")

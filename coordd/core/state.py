@@ -74,6 +74,8 @@ class State:
         self.team_velocity: dict[str, int] = {}
         self.lease_seq = 0
         self._last_id_ns = 0
+        # Items pruned by retention since this process started (list cursors use it).
+        self.pruned = 0
         # The restart grace (see ``rules``): nobody is judged on silence before it.
         self.not_before = 0.0
         # Wall time minus monotonic time, as of the caller's last reading (``set_clock``).

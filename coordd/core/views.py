@@ -1,17 +1,19 @@
-"""What people are shown about freshness: the stale report and the dashboard.
+"""What people are shown: the stale report, the dashboard, and pages of items.
 
 Read-only scans of the active items (for commands, never the tick); every judgement
-is asked of ``rules``, with the state's restart grace.
+is asked of ``rules``, with the state's restart grace. ``page`` walks the items in
+the order they were created, one bounded page at a time.
 """
 
 from __future__ import annotations
 
 import heapq
+from itertools import islice
 
 import msgspec
 
 from coordd.core import rules
-from coordd.core.model import WorkItem
+from coordd.core.model import BadRequest, WorkItem
 from coordd.core.recovery import stale_items
 from coordd.core.state import State
 
@@ -130,3 +132,80 @@ def _row(state: State, item: WorkItem, now: float, kind: str) -> Row:
         progress=item.progress,
         stage=item.stage,
     )
+
+
+class Filter(msgspec.Struct, kw_only=True):
+    """What ``list`` selects on (None: any)."""
+
+    status: str | None = None
+    team: str | None = None
+    agent_id: str | None = None
+    work_type: str | None = None
+
+    def __call__(self, i: WorkItem) -> bool:
+        return (
+            (self.status is None or i.status == self.status)
+            and (self.team is None or i.team == self.team)
+            and (self.agent_id is None or i.agent_id == self.agent_id)
+            and (self.work_type is None or i.work_type == self.work_type)
+        )
+
+
+_sizer = msgspec.msgpack.Encoder()
+
+
+def page(
+    state: State,
+    want: Filter,
+    cursor: str | None,
+    limit: int,
+    max_bytes: int,
+    max_scan: int,
+) -> tuple[list[WorkItem], str | None]:
+    """The next page of matching items after ``cursor`` (None: from the start), and the
+    cursor of the page after it (None: the end). At most ``limit`` items, about
+    ``max_bytes`` encoded, ``max_scan`` items looked at.
+
+    A cursor is ``position:pruned:last id``: where the scan stopped in the items'
+    creation order, how many items had been pruned then, and the last id looked at.
+    Pruning only removes items, so an item's position can only fall, by at most the
+    items pruned since: the scan resumes just after the last id, looked for in that
+    window, or at the window's start (repeating some items, never skipping one)."""
+    items = state.items
+    start = 0 if not cursor else _resume(state, cursor)
+    out: list[WorkItem] = []
+    size = scanned = 0
+    for item in islice(items.values(), start, None):
+        scanned += 1
+        if want(item):
+            if len(out) >= limit:
+                scanned -= 1  # not taken: the next page starts with it
+                break
+            out.append(item)
+            size += len(_sizer.encode(item))
+            if size >= max_bytes:
+                break
+        if scanned >= max_scan:
+            break
+    end = start + scanned
+    if end >= len(items):
+        return out, None
+    last = next(islice(items, end - 1, None)) if end else ""
+    return out, f"{end}:{state.pruned}:{last}"
+
+
+def _resume(state: State, cursor: str) -> int:
+    """Where the scan a cursor names goes on (see ``page``)."""
+    try:
+        pos_s, pruned_s, last = cursor.split(":", 2)
+        pos, pruned_then = int(pos_s), int(pruned_s)
+    except ValueError:
+        raise BadRequest(f"cursor {cursor[:60]!r} is not one coordd gave") from None
+    if pos < 0:
+        raise BadRequest(f"cursor {cursor[:60]!r} is not one coordd gave")
+    gone = state.pruned - pruned_then
+    lo = 0 if gone < 0 else max(0, pos - 1 - gone)  # gone < 0: a restart reset the count
+    for k, wid in enumerate(islice(state.items, lo, pos)):
+        if wid == last:
+            return lo + k + 1
+    return lo

@@ -12,6 +12,10 @@ Observed directly by the code that measures them (call these from your module):
                                        durable, forked or not)
 ``JOURNAL_FSYNC_SECONDS.observe(s)``   ``coordd_journal_fsync_seconds``: the journal's
                                        ``observe_fsync`` hook, each fsync of the log
+``PEER_REPLIES_DROPPED.inc()``         ``coordd_peer_replies_dropped_total``: outbox.py,
+                                       each reply dropped for a peer over its cap
+``PEER_REQUESTS_REFUSED.inc()``        ``coordd_peer_requests_refused_total``: each
+                                       request of such a peer, not run
 ``AI_REQUESTS.labels(provider,         ``coordd_ai_requests_total{provider,outcome}``:
 outcome).inc()``                       ai_edge.py, each analysis that returns (outcome:
                                        ok, error, timeout, fallback, cached)
@@ -67,6 +71,16 @@ JOURNAL_FSYNC_SECONDS = Histogram(
     "coordd_journal_fsync_seconds",
     "Latency of one journal fsync (one per group commit).",
     buckets=_FAST,
+    registry=REGISTRY,
+)
+PEER_REPLIES_DROPPED = Counter(
+    "coordd_peer_replies_dropped",
+    "Replies dropped because their peer held more than max_peer_reply_bytes unread.",
+    registry=REGISTRY,
+)
+PEER_REQUESTS_REFUSED = Counter(
+    "coordd_peer_requests_refused",
+    "Requests not run because their peer does not read its replies (over its cap).",
     registry=REGISTRY,
 )
 AI_REQUESTS = Counter(

@@ -39,6 +39,7 @@ from coordd.core.state import State
 from coordd.daemon import ai_edge, handlers, loading, metrics, routes, standby
 from coordd.daemon.events import publish
 from coordd.daemon.notify import Notifier
+from coordd.daemon.outbox import PEER_HWM, RETRY_SECONDS, Outbox
 from coordd.daemon.reload import reload as reload_config
 from coordd.daemon.security import Curve, CurveError
 from coordd.daemon.snapshots import Snapshots
@@ -51,11 +52,12 @@ log = structlog.get_logger("coordd")
 # ``getsockopt(RCVMORE)`` went through ``enum`` machinery (about a tenth of the loop's
 # time under a heartbeat stream, measured with py-spy; see BENCHMARKS.md).
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
-
-# Replies that may wait in ZeroMQ's queue for one peer that is slow to read them.
-REPLY_HWM = 100_000
+# Handler time one wake-up may spend on one socket before its replies go out: a flood
+# of costly requests (a page of ``list`` is the costliest) from one peer delays
+# everybody's replies by at most about this much (plus one request), never by the
+# whole flood. Heartbeats are not timed (they are the cheap hot path).
+BATCH_SECONDS = 0.05
 
 # Request ids remembered at most (besides request_id_ttl): ~150 bytes each in memory.
 REQUEST_IDS_KEPT = 1_000_000
@@ -100,6 +102,7 @@ class Daemon:
         self.load_config = load_config
         self.metrics = metrics.Sampler()
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
+        self.outbox = Outbox(cfg.max_peer_reply_bytes)
         self.curve = Curve(cfg)
         self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
         self._hup = False
@@ -199,11 +202,11 @@ class Daemon:
             keys.secure_server(sock, ring)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
-            # ZeroMQ's default of 1,000 queued messages per peer would silently drop the
-            # replies of a client that pipelines more than that; replies are small.
-            sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
-            # A reply to a peer that vanished is dropped, not an error.
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            # A peer's queue in ZeroMQ is short, and a send past it says EAGAIN
+            # (ROUTER_MANDATORY) instead of dropping the reply silently: the outbox then
+            # holds it, counted in bytes and capped per peer (see outbox.py).
+            sock.setsockopt(zmq.SNDHWM, PEER_HWM)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as e:
@@ -277,6 +280,8 @@ class Daemon:
         while not self._stop:
             # Round up: a timeout truncated to 0 ms would spin until the tick is due.
             wait = min(next_tick - self.clock.mono(), self.notifier.seconds_to_ping())
+            if self.outbox.waiting:  # replies held for a slow reader: offer them again soon
+                wait = min(wait, RETRY_SECONDS)
             timeout_ms = max(0, math.ceil(wait * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = self.now()
@@ -379,6 +384,8 @@ class Daemon:
         decode = self.codec.request_decoder.decode
         heartbeat = self.state.heartbeat
         heartbeat_type, version = protocol.Heartbeat, protocol.PROTOCOL_VERSION
+        blocked = self.outbox.blocked
+        budget_end = time.monotonic() + BATCH_SECONDS
         for _ in range(self.cfg.max_batch):
             try:
                 envelope = [recv(_NOBLOCK)]
@@ -389,6 +396,9 @@ class Daemon:
                 envelope.append(frame.bytes)
                 frame = recv(_NOBLOCK, copy=False)
             payload = frame.bytes
+            if blocked and (sock, envelope[0]) in blocked:
+                self.outbox.refuse((sock, envelope[0]))  # it does not read: not run
+                continue
             try:
                 req = decode(payload)
             except Exception:  # DecodeError, UnicodeDecodeError, RecursionError...
@@ -406,15 +416,22 @@ class Daemon:
                 continue
             envelope.append(payload)
             self._handle_safely(sock, envelope, now, from_control, req, None)
+            if time.monotonic() > budget_end:
+                return  # the rest waits for the next wake-up, after these replies
 
     def _drain_keyed(self, sock: zmq.Socket[bytes], now: float) -> None:
         """The agent endpoint under CURVE: every message goes through ``_handle`` with the
         sender's public key, so the identity check is never skipped (no heartbeat shortcut)."""
+        budget_end = time.monotonic() + BATCH_SECONDS
         for _ in range(self.cfg.max_batch):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            peer = (sock, parts[0].bytes)
+            if peer in self.outbox.blocked:
+                self.outbox.refuse(peer)
+                continue
             try:
                 client_key = parts[-1].get("User-Id")
             except zmq.ZMQError:
@@ -422,6 +439,8 @@ class Daemon:
             frames = [p.bytes for p in parts]
             key = str(client_key) if client_key else None
             self._handle_safely(sock, frames, now, False, None, key)
+            if time.monotonic() > budget_end:
+                return
 
     def _drain_standby(self, sock: zmq.Socket[bytes], now: float, from_control: bool) -> None:
         """A standby: reads are served from the followed state, anything else (writes,
@@ -571,13 +590,10 @@ class Daemon:
         self._send_replies()
 
     def _send_replies(self) -> None:
+        outbox = self.outbox
+        outbox.retry()  # what waits goes first: a peer's replies stay in order
         for sock, envelope, payload in self._replies:
-            try:
-                for part in envelope:
-                    sock.send(part, _SNDMORE_NOBLOCK)
-                sock.send(payload, _NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the peer is gone or its queue is full; nothing to do
+            outbox.send(sock, envelope, payload)
         self._replies.clear()
 
     def on_tick(self, now: float) -> None:

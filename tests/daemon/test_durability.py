@@ -28,8 +28,14 @@ FAST = {"tick_interval": 0.05, "stale_threshold": 30.0}
 
 
 def items_by_id(d: CoorddProcess) -> dict[str, dict[str, Any]]:
-    listed = d.call(protocol.List(limit=10_000_000), timeout=30)
-    return {i["work_item_id"]: i for i in listed}
+    """Every item, page by page (``list`` answers one bounded page per request)."""
+    out: dict[str, dict[str, Any]] = {}
+    cursor: str | None = ""
+    while cursor is not None:
+        page = d.call(protocol.List(cursor=cursor), timeout=30)
+        out.update((i["work_item_id"], i) for i in page["items"])
+        cursor = page["next"]
+    return out
 
 
 def wait_for(pred: Any, timeout: float = 10.0, what: str = "") -> None:

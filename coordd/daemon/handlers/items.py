@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import msgspec
 
 from coordd import protocol as p
+from coordd.core import views
 from coordd.core.model import BadRequest, WorkItem
 from coordd.core.state import State
 from coordd.daemon.routes import NO_REPLY, Context, acting_agent, log_refused, route
@@ -97,14 +99,23 @@ def release(ctx: Context, req: p.Release, now: float) -> Any:
 
 @route(p.List, agents=True)
 def list_items(ctx: Context, req: p.List, now: float) -> Any:
-    out = []
+    # One bounded page whatever the limit: an old client asking for a billion items
+    # gets the first page (finding 5: 8 MB replies piled up for a peer not reading).
     state = ctx.state
-    found = state.select(req.status, req.team, req.agent_id, req.work_type, req.ready)
-    for item in found:
-        out.append(shown(state, item))
-        if len(out) >= req.limit:
-            break
-    return out
+    limit = min(req.limit, p.MAX_PAGE)
+    if req.ready:
+        # What can be claimed now, most urgent first (claim-next's order): one page.
+        found = state.select(req.status, req.team, req.agent_id, req.work_type, ready=True)
+        items, after = list(islice(found, limit)), None
+    else:
+        want = views.Filter(
+            status=req.status, team=req.team, agent_id=req.agent_id, work_type=req.work_type
+        )
+        items, after = views.page(state, want, req.cursor, limit, p.MAX_PAGE_BYTES, p.MAX_SCAN)
+    out = [shown(state, item) for item in items]
+    if req.cursor is None:
+        return out
+    return {"items": out, "next": after}
 
 
 def shown(state: State, item: WorkItem) -> Any:
