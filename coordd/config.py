@@ -67,6 +67,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # durability
     snapshot_interval: float = 30.0
     fsync: str = FsyncPolicy.ALWAYS
+    # Seconds a completed or failed item, and a completion-log entry, are kept after
+    # they finish (7 days); 0 keeps them forever. Team velocity totals are always kept.
+    retention: float = 7 * 24 * 3600.0
     legacy_export: bool = False
     legacy_import: bool = True
     # where the state is kept: "file" (state_dir) or "postgres" (README, Stores)
@@ -262,6 +265,8 @@ def validate(cfg: Config) -> list[str]:
     _choice(problems, "fsync", cfg.fsync, FSYNC_POLICIES)
     _choice(problems, "ai_provider", cfg.ai_provider, AI_PROVIDERS)
     _check_store(problems, cfg)
+    if not 0 <= cfg.retention < math.inf:
+        problems.append(f"retention must be >= 0 seconds and finite, got {cfg.retention}")
     if not 0 <= cfg.ai_cache_ttl < math.inf:
         problems.append(f"ai_cache_ttl must be >= 0 and finite, got {cfg.ai_cache_ttl}")
     _choice(problems, "log_format", cfg.log_format, LOG_FORMATS)

@@ -49,6 +49,8 @@ class Indexes:
         self.n_active = 0
         self.stale: dict[str, None] = {}  # active items marked stale
         self.n_other: dict[str, int] = {}  # items in no index (completed, failed), by status
+        # Finished (completed, failed) ids, oldest finish first: what retention prunes.
+        self.finished: dict[str, None] = {}
         self.heap: list[tuple[float, str]] = []
         self.live: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # active id -> last heard of (monotonic)
@@ -122,21 +124,29 @@ class Indexes:
         new: WorkItem,
         policy: Policy,
         not_before: float,
+        heard: float,
         unmet: Sequence[str] = (),
     ) -> None:
         """Move an item from where ``old`` stood to where ``new`` stands (a standby
-        applying its leader's record: the transition itself happened elsewhere)."""
+        applying its leader's record: the transition itself happened elsewhere); an
+        active ``new`` was last heard of at ``heard`` (monotonic)."""
         if old is not None:
             self.leave(old)
             if old.status not in (Status.PENDING, Status.ACTIVE):
-                self.n_other[old.status] = self.n_other.get(old.status, 0) - 1
-        self.enter(new, policy, not_before, unmet)
+                self.forget_finished(old.work_item_id, old.status)
+        self.enter(new, policy, not_before, heard, unmet)
         if new.status not in (Status.PENDING, Status.ACTIVE):
-            self.count_finished(new.status)
+            self.count_finished(new.work_item_id, new.status)
 
-    def count_finished(self, status: str) -> None:
+    def count_finished(self, wid: str, status: str) -> None:
         """One more item in no index (completed or failed)."""
         self.n_other[status] = self.n_other.get(status, 0) + 1
+        self.finished[wid] = None
+
+    def forget_finished(self, wid: str, status: str) -> None:
+        """A finished item pruned by retention."""
+        self.n_other[status] -= 1
+        self.finished.pop(wid, None)
 
     def queue(self, wid: str, deadline: float) -> None:
         """Give an active item its one live heap entry."""
@@ -211,6 +221,7 @@ class Indexes:
         heard: dict[str, float] = {}
         stale: dict[str, None] = {}
         other: dict[str, int] = {}
+        finished: list[tuple[float, str]] = []
         rank_of, push = PRIORITY_RANK.get, heap.append
         pending_, active = Status.PENDING, Status.ACTIVE  # locals: read a million times
         top_lease = n_active = 0
@@ -238,7 +249,10 @@ class Indexes:
                     push((d, wid))
             else:
                 other[status] = other.get(status, 0) + 1
+                finished.append((item.completed_at or 0.0, wid))
         heapq.heapify(heap)
+        finished.sort()
+        self.finished = dict.fromkeys(wid for _, wid in finished)
         self.pending, self.held, self.stale, self.n_other = pending, held, stale, other
         self.heap, self.live, self.heard, self.n_active = heap, live, heard, n_active
         return top_lease

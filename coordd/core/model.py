@@ -146,7 +146,15 @@ class Applied(msgspec.Struct, tag="req", array_like=True):
     reply: bytes
 
 
-Record = PutItem | PutAgent | AddCompletion | Applied
+class Pruned(msgspec.Struct, tag="pruned", array_like=True):
+    """Retention: these finished items, and the first ``completions`` entries of the
+    completion log, are gone (physical, like every record: replay needs no clock)."""
+
+    work_item_ids: list[str]
+    completions: int = 0
+
+
+Record = PutItem | PutAgent | AddCompletion | Applied | Pruned
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -46,6 +46,7 @@ from coordd.core.model import (
     Limits,
     NothingPending,
     NotOwner,
+    Pruned,
     PutAgent,
     PutItem,
     Record,
@@ -674,7 +675,7 @@ class State:
     ) -> None:
         self._unindex(item)
         item.status = status
-        self._ix.count_finished(status)
+        self._ix.count_finished(item.work_item_id, status)
         item.completed_at = now + self.wall_offset
         item.result = result
         item.velocity_points = velocity
@@ -786,6 +787,41 @@ class State:
         self._put(item)
         self._emit("recovered", now, item, agent_id=holder or item.agent_id, detail=strategy)
 
+    # --- retention ----------------------------------------------------------------
+
+    def prune(self, before: float, at_most: int) -> int:
+        """Forget finished items that finished before ``before`` (wall time) and the
+        completion-log entries logged before it, at most ``at_most`` of each (the rest
+        goes next time): memory follows the work held and recent, not all history.
+        Team velocity totals are kept. Journaled (``Pruned``); returns items pruned."""
+        items, finished = self.items, self._ix.finished
+        gone: list[str] = []
+        for wid in finished:
+            if len(gone) >= at_most:
+                break
+            done_at = items[wid].completed_at
+            if done_at is not None and done_at >= before:
+                break
+            gone.append(wid)
+        log = self.completions
+        k = 0
+        while k < len(log) and k < at_most and log[k].completed_at < before:
+            k += 1
+        if not gone and not k:
+            return 0
+        rec = Pruned(gone, k)
+        self.apply_record(rec)
+        self.records.append(rec)
+        return len(gone)
+
+    def _apply_pruned(self, rec: Pruned) -> None:
+        for wid in rec.work_item_ids:
+            item = self.items.pop(wid, None)
+            if item is not None and wid in self._ix.finished:  # (a replay rebuilds them)
+                self._ix.forget_finished(wid, item.status)
+        del self.completions[: rec.completions]
+        self.pruned += len(rec.work_item_ids)
+
     # --- reads -----------------------------------------------------------------
 
     def select(
@@ -861,6 +897,8 @@ class State:
             self.agents[rec.agent.agent_id] = rec.agent
         elif isinstance(rec, Applied):
             self.applied[rec.request_id] = rec
+        elif isinstance(rec, Pruned):
+            self._apply_pruned(rec)
         else:
             self.completions.append(rec.entry)
             self._credit(rec.entry)
@@ -902,7 +940,8 @@ class State:
                 unmet = (
                     rules.unmet(item, self.items) if item.after and item.status == "pending" else ()
                 )
-                self._ix.replace(old, item, self.policy, self.not_before, unmet)
+                heard = rules.last_heard(item) - self.wall_offset
+                self._ix.replace(old, item, self.policy, self.not_before, heard, unmet)
             else:
                 self.apply_record(rec)
             n += 1

@@ -58,6 +58,9 @@ _NOBLOCK = int(zmq.NOBLOCK)
 # everybody's replies by at most about this much (plus one request), never by the
 # whole flood. Heartbeats are not timed (they are the cheap hot path).
 BATCH_SECONDS = 0.05
+# Finished items one tick may prune (retention): a backlog of old items, at the first
+# start after an upgrade, goes over a few ticks instead of stalling one.
+PRUNE_BATCH = 10_000
 
 # Request ids remembered at most (besides request_id_ttl): ~150 bytes each in memory.
 REQUEST_IDS_KEPT = 1_000_000
@@ -600,6 +603,9 @@ class Daemon:
         if self.leading:  # a standby judges nobody: its leader does, and journals it
             started = time.perf_counter()
             recovery.tick(self.state, now)
+            if self.cfg.retention > 0:
+                # The cut-off is compared with the times items were stamped with: wall.
+                self.state.prune(self.state.wall(now) - self.cfg.retention, PRUNE_BATCH)
             metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         self.state.forget_applied(now - self.cfg.request_id_ttl, REQUEST_IDS_KEPT)
         self._sample()

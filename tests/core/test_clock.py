@@ -18,6 +18,7 @@ from coordd import protocol as p
 from coordd.clock import FakeClock
 from coordd.config import Config
 from coordd.core import recovery
+from coordd.core.model import UnknownWork
 from coordd.daemon import handlers, loading, routes
 from coordd.daemon.server import Daemon
 
@@ -111,3 +112,18 @@ def test_the_snapshot_schedule_is_monotonic(daemon: Daemon) -> None:
     assert daemon.clock.mono() < due
     clock.advance(daemon.cfg.snapshot_interval)
     assert daemon.clock.mono() >= due
+
+
+def test_the_tick_prunes_finished_work_after_retention(daemon: Daemon) -> None:
+    clock = daemon.clock
+    assert isinstance(clock, FakeClock)
+    wid = claim(daemon, "a1")
+    call(daemon, p.Complete(work_item_id=wid, velocity=3))
+    clock.advance(daemon.cfg.retention - 1)
+    daemon.on_tick(daemon.now())
+    assert call(daemon, p.Show(work_item_id=wid))["status"] == "completed"
+    clock.advance(2)
+    daemon.on_tick(daemon.now())
+    with pytest.raises(UnknownWork):
+        call(daemon, p.Show(work_item_id=wid))
+    assert call(daemon, p.Status())["team_velocity"] == {"": 3}
