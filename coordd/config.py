@@ -68,7 +68,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     snapshot_interval: float = 30.0
     fsync: str = FsyncPolicy.ALWAYS
     # Seconds a completed or failed item, and a completion-log entry, are kept after
-    # they finish (7 days); 0 keeps them forever. Team velocity totals are always kept.
+    # they finish (7 days); 0 (or legacy_export) keeps them forever. Team velocity
+    # totals are always kept.
     retention: float = 7 * 24 * 3600.0
     legacy_export: bool = False
     legacy_import: bool = True

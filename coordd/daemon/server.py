@@ -603,11 +603,14 @@ class Daemon:
         if self.leading:  # a standby judges nobody: its leader does, and journals it
             started = time.perf_counter()
             recovery.tick(self.state, now)
-            if self.cfg.retention > 0:
+            if self.cfg.retention > 0 and not self.cfg.legacy_export:
+                # Not with legacy_export: the old files are the users' history, rewritten
+                # from what coordd holds, so it keeps everything (as the old script did).
                 # The cut-off is compared with the times items were stamped with: wall.
                 self.state.prune(self.state.wall(now) - self.cfg.retention, PRUNE_BATCH)
             metrics.TICK_SECONDS.observe(time.perf_counter() - started)
-        self.state.forget_applied(now - self.cfg.request_id_ttl, REQUEST_IDS_KEPT)
+        # Request ids' times are wall times (they outlive this process's monotonic clock).
+        self.state.forget_applied(self.state.wall(now) - self.cfg.request_id_ttl, REQUEST_IDS_KEPT)
         self._sample()
         self.notifier.status(self._status_line())
 
