@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 
 from coordd import protocol as p
 from coordd.core import views
+from coordd.core.model import BadRequest
 from coordd.core.state import State
 from tests.core.test_handlers import T0, Daemonless
 
@@ -84,3 +86,12 @@ def test_pruning_between_pages_never_skips_an_item() -> None:
     seen = {i.work_item_id for i in first} | set(rest)
     assert seen == set(ids) - set(ids[40:45])  # all but the pruned ones not yet shown
     assert rest[0] == ids[30]  # resumed right after the last item of the first page
+
+
+def test_a_cursor_coordd_did_not_give_is_refused_or_harmless() -> None:
+    d = Daemonless()
+    d.state.add("t", "d", T0)
+    for bad in ("nonsense", "-3:0:x", "1:x:y"):
+        with pytest.raises(BadRequest, match="not one coordd gave"):
+            d.call(p.List(cursor=bad), T0)
+    assert d.call(p.List(cursor="999999999999:0:x"), T0) == {"items": [], "next": None}
