@@ -17,7 +17,7 @@ import msgspec
 
 from coordd.core.model import WorkItem
 from coordd.kinds import Priority, Status
-from coordd.protocol import Count, Id, Percent, Seconds, Text
+from coordd.protocol import Id, Percent, Seconds, Text, Velocity
 
 
 def doc(text: str) -> msgspec.Meta:
@@ -143,7 +143,7 @@ class ProgressParams(Params):
 class CompleteParams(Params):
     work_item_id: WorkId
     result: Annotated[Text, doc("outcome: success, failed, or a short summary")] = "success"
-    velocity: Annotated[Count, doc("velocity points earned for the team")] = 0
+    velocity: Annotated[Velocity, doc("velocity points earned for the team")] = 0
 
 
 class ReleaseParams(Params):
