@@ -229,8 +229,8 @@ def pipelined(
 ) -> list[dict[str, Any]]:
     """Send many requests with at most ``window`` unanswered; the replies in order.
 
-    The window stays well under the ROUTER's send high-water mark (server.REPLY_HWM): coordd
-    drops replies beyond it rather than block its loop.
+    The window keeps the replies waiting for this client small: coordd holds at most
+    ``max_peer_reply_bytes`` of unread replies per peer and drops the rest (outbox.py).
     """
     replies: list[dict[str, Any]] = []
     sent = 0
