@@ -147,11 +147,13 @@ class Applied(msgspec.Struct, tag="req", array_like=True):
 
 
 class Pruned(msgspec.Struct, tag="pruned", array_like=True):
-    """Retention: these finished items, and the first ``completions`` entries of the
-    completion log, are gone (physical, like every record: replay needs no clock)."""
+    """Retention: these finished items are gone, and the completion log's leading
+    entries logged before ``log_before`` (wall time). Physical like every record, and
+    idempotent: applied twice (a salvage may replay a record twice) it changes nothing
+    more."""
 
     work_item_ids: list[str]
-    completions: int = 0
+    log_before: float = 0.0
 
 
 Record = PutItem | PutAgent | AddCompletion | Applied | Pruned

@@ -809,7 +809,10 @@ class State:
             k += 1
         if not gone and not k:
             return 0
-        rec = Pruned(gone, k)
+        # The log's cut as a time, not a count, so the record is idempotent; at most
+        # ``at_most`` entries go (the entry after them is not earlier than the cut).
+        log_before = min(before, log[k].completed_at) if k < len(log) else before
+        rec = Pruned(gone, log_before if k else 0.0)
         self.apply_record(rec)
         self.records.append(rec)
         return len(gone)
@@ -817,10 +820,16 @@ class State:
     def _apply_pruned(self, rec: Pruned) -> None:
         for wid in rec.work_item_ids:
             item = self.items.pop(wid, None)
-            if item is not None and wid in self._ix.finished:  # (a replay rebuilds them)
+            if item is None:
+                continue  # pruned already
+            if wid in self._ix.finished:  # (a replay rebuilds the indexes after)
                 self._ix.forget_finished(wid, item.status)
-        del self.completions[: rec.completions]
-        self.pruned += len(rec.work_item_ids)
+            self.pruned += 1
+        log = self.completions
+        k = 0
+        while k < len(log) and log[k].completed_at < rec.log_before:
+            k += 1
+        del log[:k]
 
     # --- reads -----------------------------------------------------------------
 

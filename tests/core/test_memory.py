@@ -75,3 +75,17 @@ def test_pruning_goes_in_bounded_steps_oldest_first() -> None:
     assert st.prune(T0 + 100, at_most=10) == 10
     assert st.prune(T0 + 100, at_most=10) == 5
     assert st.items == {} and st.completions == []
+
+
+def test_a_pruned_record_applied_twice_changes_nothing_more() -> None:
+    # A salvage (fsck --repair) may replay a record twice: retention must be idempotent.
+    st = State()
+    for k in range(6):
+        item = st.claim("a", "t", f"d{k}", T0 + k)
+        st.complete(item.work_item_id, T0 + k, "a", item.lease)
+    st.drain()
+    assert st.prune(T0 + 100, at_most=2) == 2
+    (rec,) = st.drain()[0]
+    kept = (dict(st.items), list(st.completions))
+    st.apply_record(rec)
+    assert (st.items, st.completions) == kept and len(st.completions) == 4
