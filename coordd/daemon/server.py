@@ -277,6 +277,9 @@ class Daemon:
         zap = self.curve.zap_sock
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
+        # The restart grace counts from when agents can reach us again: the sockets are
+        # bound and everything warmed up only now, after the load that first started it.
+        self.state.start_grace(self.now())
         next_tick = self.now() + self.cfg.tick_interval
         self._sample()
         self.notifier.ready(self._status_line())
