@@ -226,7 +226,7 @@ def test_export_import_of_coordd_times_is_exact_but_below_one_second(tmp_path: P
     a = st.claim("a1", "build", "fractional", t, team="core")
     st.heartbeat("a1", t + 1.5)
     st.complete(a.work_item_id, t + 2.25, "a1", a.lease, velocity=5)
-    st.claim("a2", "build", "still active", t + 3.75, stale_after=12.5)
+    st.claim("a2", "build", "still active", t + 3.75, stale_after=125.5)
     out = tmp_path / "exported"
     legacy.export_dir(out, st)
     for row in rows(out / legacy.CLAIMS):
