@@ -220,10 +220,10 @@ class Release(Request, tag="release"):
 class List(Request, tag="list"):
     """Items, filtered, in the order they were created; one page per request.
 
-    ``cursor`` asks for pages: ``""`` for the first, then the ``next`` of the previous
-    reply. The reply is then ``{"items": [...], "next": cursor or null}`` (null: no
+    ``cursor`` asks for pages: ``""`` for the first, then the ``next_cursor`` of the previous
+    reply. The reply is then ``{"items": [...], "next_cursor": cursor or null}`` (null: no
     more). A page holds at most ``min(limit, MAX_PAGE)`` items and about
-    ``MAX_PAGE_BYTES``, and may hold fewer (even none) with a ``next``: follow it.
+    ``MAX_PAGE_BYTES``, and may hold fewer (even none) with a ``next_cursor``: follow it.
     Without ``cursor`` (older clients) the reply is the plain list of the first page.
     The cursor is opaque; a page may repeat an item of the previous one if items were
     pruned meanwhile, never skip one."""

@@ -303,7 +303,7 @@ def list_(
     while after is not None and len(items) < limit:
         page = ask(after, min(limit - len(items), protocol.MAX_PAGE))
         items.extend(page["items"])
-        after = page["next"]
+        after = page["next_cursor"]
     if after is not None and _more_after(ask, after):
         click.echo(
             f"coordctl: stopped at --limit {limit}; more items match (raise --limit)",
@@ -322,7 +322,7 @@ def _more_after(ask: Callable[[str, int], Any], after: str | None) -> bool:
         page = ask(after, 1)
         if page["items"]:
             return True
-        after = page["next"]
+        after = page["next_cursor"]
     return False
 
 

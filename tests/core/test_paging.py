@@ -22,7 +22,7 @@ def listed(d: Daemonless, **filters: Any) -> tuple[list[str], int]:
     while cursor is not None:
         reply = d.call(p.List(cursor=cursor, **filters), T0)
         ids += [i["work_item_id"] for i in reply["items"]]
-        cursor = reply["next"]
+        cursor = reply["next_cursor"]
         pages += 1
     return ids, pages
 
@@ -51,7 +51,7 @@ def test_a_page_is_bounded_in_bytes_too() -> None:
         d.state.add("t", "x" * 9000, T0)
     reply = d.call(p.List(cursor=""), T0)
     size = len(msgspec.msgpack.encode(reply))
-    assert size <= p.MAX_PAGE_BYTES + 20_000 and reply["next"] is not None
+    assert size <= p.MAX_PAGE_BYTES + 20_000 and reply["next_cursor"] is not None
     assert len(listed(d)[0]) == 300
 
 
@@ -94,4 +94,4 @@ def test_a_cursor_coordd_did_not_give_is_refused_or_harmless() -> None:
     for bad in ("nonsense", "-3:0:x", "1:x:y"):
         with pytest.raises(BadRequest, match="not one coordd gave"):
             d.call(p.List(cursor=bad), T0)
-    assert d.call(p.List(cursor="999999999999:0:x"), T0) == {"items": [], "next": None}
+    assert d.call(p.List(cursor="999999999999:0:x"), T0) == {"items": [], "next_cursor": None}

@@ -34,7 +34,7 @@ def items_by_id(d: CoorddProcess) -> dict[str, dict[str, Any]]:
     while cursor is not None:
         page = d.call(protocol.List(cursor=cursor), timeout=30)
         out.update((i["work_item_id"], i) for i in page["items"])
-        cursor = page["next"]
+        cursor = page["next_cursor"]
     return out
 
 

@@ -115,7 +115,7 @@ def list_items(ctx: Context, req: p.List, now: float) -> Any:
     out = [shown(state, item) for item in items]
     if req.cursor is None:
         return out
-    return {"items": out, "next": after}
+    return {"items": out, "next_cursor": after}
 
 
 def shown(state: State, item: WorkItem) -> Any:
