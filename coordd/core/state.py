@@ -921,7 +921,7 @@ class State:
 
     def remember(self, request_id: str, now: float, reply: bytes) -> None:
         """Remember (and journal, with the transition) the reply to a request with an id."""
-        done = Applied(request_id, now, reply)
+        done = Applied(request_id, now + self.wall_offset, reply)  # kept in files: wall
         self.applied[request_id] = done
         self.records.append(done)
 

@@ -219,7 +219,7 @@ def _sort_snapshot_records(out: Loaded, records: list[Record]) -> None:
             out.agents.append(rec.agent)
         elif isinstance(rec, Applied):
             out.applied.append(rec)
-        else:
+        elif isinstance(rec, AddCompletion):  # (a snapshot holds no Pruned record)
             out.completions.append(rec.entry)
 
 
