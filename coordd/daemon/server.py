@@ -37,7 +37,7 @@ from coordd.core import recovery
 from coordd.core.model import DomainError, Limits
 from coordd.core.state import State
 from coordd.daemon import ai_edge, handlers, loading, metrics, routes, standby
-from coordd.daemon.events import publish
+from coordd.daemon.events import Publisher
 from coordd.daemon.notify import Notifier
 from coordd.daemon.outbox import PEER_HWM, RETRY_SECONDS, Outbox
 from coordd.daemon.reload import reload as reload_config
@@ -172,6 +172,9 @@ class Daemon:
         self.control_sock = self._bind(zmq.ROUTER, "ipc://" + cfg.control_socket)
         self._secure_control_socket()
         self.events_sock = self._bind(zmq.PUB, cfg.events_endpoint, ring_for(cfg.events_endpoint))
+        self.publisher = Publisher(
+            self.events_sock, self.codec, self.metrics.tally, lambda w: self.state.items.get(w)
+        )
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
@@ -587,8 +590,9 @@ class Daemon:
                 self._refuse_waiting(f"not acknowledged: {e}")
                 raise
         self._send_replies()
+        publish = self.publisher.publish
         for ev in events:
-            publish(self.events_sock, self.codec, self.metrics.tally, ev)
+            publish(ev)
 
     def _refuse_waiting(self, message: str) -> None:
         refusal = self.codec.encode(Error(code="unavailable", message=message))
