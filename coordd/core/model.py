@@ -170,6 +170,16 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     detail: str | None = None
 
 
+class Published(Event, kw_only=True, omit_defaults=True):
+    """An event as it goes out on the events socket: the ``Event`` (a subscriber that
+    decodes ``Event`` reads it unchanged) plus ``seq``, its number (1, 2, 3... per daemon
+    process: a gap says events were dropped), and ``item``, the item as it was when the
+    batch was published (a subscriber keeping a copy needs no ``show``)."""
+
+    seq: int | None = None
+    item: WorkItem | None = None
+
+
 class ItemBeatLike(Protocol):
     """One item of a heartbeat batch (``protocol.ItemBeat`` on the wire)."""
 

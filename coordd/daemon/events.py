@@ -3,8 +3,8 @@
 The loop publishes a batch's events after its replies (``server._flush``).
 
 On the socket each event is two frames: its name (the subscription topic) and a
-``Published`` message: the event's fields plus two optional ones that old subscribers
-ignore (msgspec skips unknown fields):
+``model.Published`` message: the event's fields plus two optional ones that old
+subscribers ignore (msgspec skips unknown fields):
 
 - ``seq``: 1, 2, 3... per daemon process. A PUB socket drops what a slow subscriber
   cannot take; a subscriber that sees a gap (or ``seq`` going back: a restart) knows it
@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import structlog
 import zmq
 
 from coordd import protocol
-from coordd.core.model import WorkItem
+from coordd.core.model import Published, WorkItem
 from coordd.daemon.metrics import Tally
 
 log = structlog.get_logger("coordd")
@@ -49,20 +48,6 @@ EVENT_LOG_LEVEL: dict[str, str | None] = {
 
 # Events that change nothing of the item: published without it.
 WITHOUT_ITEM = frozenset({"heartbeat", "lease_lost"})
-
-
-class Published(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One event as it goes out on the PUB socket: ``model.Event``'s fields first, so
-    a subscriber decoding ``Event`` reads it unchanged, then ``seq`` and ``item``."""
-
-    event: str
-    at: float
-    work_item_id: str | None = None
-    agent_id: str | None = None
-    lease: int | None = None
-    detail: str | None = None
-    seq: int | None = None
-    item: WorkItem | None = None
 
 
 class Publisher:

@@ -9,8 +9,7 @@ import msgspec
 import zmq
 
 from coordd import protocol
-from coordd.core.model import Event
-from coordd.daemon.events import Published
+from coordd.core.model import Event, Published
 from tests.conftest import CoorddProcess
 
 
