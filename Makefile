@@ -4,20 +4,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint fmt venv clean bench bench-quick bench-deps bench-redis deb system-deps
+.PHONY: run web test test-fast lint fmt venv clean bench bench-quick bench-deps bench-redis deb system-deps
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,web]'
 	touch $(STAMP)
 
 # Foreground daemon on built-in defaults: state under ./coordination unless
 # COORDINATION_DIR (or a config file) says otherwise.
 run: $(STAMP)
 	$(BIN)/coordd run
+
+# The live dashboard on 127.0.0.1:9642, a client of the daemon `make run` started (same
+# COORDINATION_DIR or config). `coordctl web-token` prints the tokens to sign in with.
+web: $(STAMP)
+	$(BIN)/coordd web
 
 lint: $(STAMP)
 	$(BIN)/ruff check coordd coordctl tests bench
@@ -64,7 +69,8 @@ clean:
 # PostgreSQL store's tests (tests/postgres start a throwaway cluster), systemd-analyze,
 # systemd-sysusers and systemd-tmpfiles (package systemd), dpkg-deb (dpkg) and the
 # interpreter the .deb's venv is built for; strace for the fsync-order test
-# (tests/daemon/test_fsync_order.py). Skipped when already present.
+# (tests/daemon/test_fsync_order.py); chromium for the dashboard's browser tests
+# (tests/web, driven by Playwright). Skipped when already present.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
 system-deps:
@@ -74,6 +80,7 @@ system-deps:
 	@command -v strace >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) strace; }
 	@command -v jq >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) jq; }
 	@test -x /usr/lib/postgresql/15/bin/initdb || { $(SUDO) apt-get update && $(APT_INSTALL) postgresql-15; }
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
 
 # dist/coordd_<version>_<arch>.deb: coordd in its own venv under /opt/coordd, the
 # systemd unit, sysusers/tmpfiles files, /etc/coordd/coordd.toml, completions.

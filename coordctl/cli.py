@@ -46,6 +46,7 @@ COMMAND_MODULES: dict[str, str] = {
     "keys": "keys",
     "mcp": "mcp",
     "schema": "schema",
+    "web-token": "web",
 }
 MODULE_NAMES = tuple(dict.fromkeys(COMMAND_MODULES.values()))
 

@@ -75,6 +75,29 @@ def run(config_file: str | None, **flags: Any) -> None:
         daemon.close()
 
 
+@main.command()
+@config_option
+@click.option("--listen", "web_listen", help="host:port (default 127.0.0.1:9642; port 0: any).")
+def web(config_file: str | None, **flags: Any) -> None:
+    """Serve the live dashboard (a client of the running coordd) until SIGTERM/SIGINT.
+
+    Needs the `web` extra (Starlette, uvicorn). Viewing needs the read token, actions
+    the operator token: `coordctl web-token` shows both.
+    """
+    try:
+        from coordd.web import serve
+    except ImportError as e:  # pragma: no cover - depends on the install
+        click.echo(f"coordd: the web dashboard needs the web extra ({e})", err=True)
+        sys.exit(1)
+    cfg = _load(config_file, flags)
+    logs.configure(cfg.log_format, cfg.log_level, os.environ)
+    try:
+        serve.run(cfg)
+    except serve.WebConfigError as e:
+        click.echo(f"coordd web: {e}", err=True)
+        sys.exit(2)
+
+
 @main.command("check-config")
 @config_option
 def check_config(config_file: str | None) -> None:

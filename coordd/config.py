@@ -116,6 +116,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_listen: str | None = None
     log_format: str = "auto"
     log_level: str = "info"
+    # the web dashboard (`coordd web`)
+    web_listen: str = "127.0.0.1:9642"  # beyond loopback only with web_tls_cert/key
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
+    web_token_dir: str = ""  # default: state_dir (web-read.token, web-operator.token)
+    web_origins: str = ""  # extra origins allowed, comma-separated (a TLS proxy's)
     # clients
     agent_id: str = ""
     client_timeout: float = 5.0

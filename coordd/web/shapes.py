@@ -1,0 +1,52 @@
+"""The JSON the page receives, in one module: when coordd/views.py (the shared view
+types) lands, these functions become calls to it and nothing else changes.
+
+Times are seconds since the epoch as the daemon wrote them; the page computes
+"silent for" from ``last_heard`` and the server's ``now`` sent with every view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordd.core import rules
+from coordd.core.model import WorkItem
+
+
+def item_row(item: WorkItem, threshold: float) -> dict[str, Any]:
+    """One row of the items table."""
+    return {
+        "id": item.work_item_id,
+        "type": item.work_type,
+        "description": item.description[:300],
+        "team": item.team,
+        "agent": item.agent_id,
+        "priority": item.priority,
+        "status": item.status,
+        "progress": item.progress,
+        "stage": item.stage,
+        "last_heard": rules.last_heard(item),
+        "threshold": threshold,
+        "stale": item.stale_since is not None,
+        "lease": item.lease,
+        "retries": item.retry_count,
+        "result": item.result,
+    }
+
+
+def agent_row(agent: dict[str, Any], held: int) -> dict[str, Any]:
+    """One row of the agents table (``agent`` as the daemon's ``agents`` reply has it)."""
+    return {
+        "id": agent.get("agent_id"),
+        "team": agent.get("team", ""),
+        "last_heartbeat": agent.get("last_heartbeat"),
+        "held": held,
+        "completed": agent.get("tasks_completed", 0),
+    }
+
+
+def event_row(
+    name: str, at: float, work_item_id: str | None, agent_id: str | None, detail: str | None
+) -> dict[str, Any]:
+    """One line of the recent events."""
+    return {"event": name, "at": at, "item": work_item_id, "agent": agent_id, "detail": detail}

@@ -1,0 +1,4 @@
+"use strict";
+if (new URLSearchParams(location.search).has("refused")) {
+  document.getElementById("refused").hidden = false;
+}
