@@ -71,6 +71,7 @@ def test_the_package_holds_every_file_with_the_right_mode(deb: Deb) -> None:
         "/opt/coordd/bin/coordctl": "-rwxr-xr-x",
         "/opt/coordd/bin/python3.11": "lrwxrwxrwx",
         "/usr/lib/systemd/system/coordd.service": "-rw-r--r--",
+        "/usr/lib/systemd/system/coordd-web.service": "-rw-r--r--",
         "/usr/lib/sysusers.d/coordd.conf": "-rw-r--r--",
         "/usr/lib/tmpfiles.d/coordd.conf": "-rw-r--r--",
         "/etc/coordd/coordd.toml": "-rw-r--r--",
@@ -83,7 +84,16 @@ def test_the_package_holds_every_file_with_the_right_mode(deb: Deb) -> None:
         assert deb.files[name] == (mode, "root/root"), (name, deb.files[name])
     # Our code and its dependencies are in the package's own environment.
     site = "/opt/coordd/lib/python3.11/site-packages/"
-    for pkg in ("coordd/daemon/server.py", "coordctl/cli.py", "zmq/", "msgspec/", "sdnotify/"):
+    for pkg in (
+        "coordd/daemon/server.py",
+        "coordctl/cli.py",
+        "zmq/",
+        "msgspec/",
+        "sdnotify/",
+        "coordd/web/static/app.js",  # the dashboard, with its page and its libraries
+        "starlette/",
+        "uvicorn/",
+    ):
         assert any(f.startswith(site + pkg) for f in deb.files), pkg
     assert not any("/tests/" in f and f.startswith(site + "coordd") for f in deb.files)
 

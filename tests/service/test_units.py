@@ -116,3 +116,59 @@ def test_systemd_analyze_security_rates_the_unit_well_hardened(tmp_path: Path) -
         timeout=60,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+
+
+def _web_unit_copy(tmp_path: Path) -> Path:
+    """Both units, pointing at this checkout's coordd (verify wants ExecStart to exist)."""
+    for name in ("coordd.service", "coordd-web.service"):
+        text = (SYSTEMD / name).read_text().replace("/usr/bin/coordd", str(BIN / "coordd"))
+        (tmp_path / name).write_text(text)
+    return tmp_path / "coordd-web.service"
+
+
+def test_the_web_unit_verifies_without_warnings(tmp_path: Path) -> None:
+    unit = (SYSTEMD / "coordd-web.service").read_text()
+    assert "ExecStart=/usr/bin/coordd web --config /etc/coordd/coordd.toml" in unit
+    web = _web_unit_copy(tmp_path)
+    r = subprocess.run(
+        [_tool("systemd-analyze"), "verify", str(web), str(tmp_path / "coordd.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr
+
+
+def test_the_web_unit_follows_coordd_and_is_hardened_like_it() -> None:
+    web = _directives((SYSTEMD / "coordd-web.service").read_text())
+    daemon = _directives((SYSTEMD / "coordd.service").read_text())
+    assert web["After"] == "coordd.service" and web["User"] == "coordd"
+    # Stopping the dashboard must not remove the daemon's sockets.
+    assert "RuntimeDirectory" not in web
+    assert web["StateDirectory"] == "coordd"  # its tokens, readable by the group
+    hardening = {
+        key
+        for key in daemon
+        if key.startswith(("Protect", "Private", "Restrict", "System", "Capability"))
+        or key in ("NoNewPrivileges", "LockPersonality", "RemoveIPC", "KeyringMode")
+    }
+    assert hardening and {k: web.get(k) for k in hardening} == {k: daemon[k] for k in hardening}
+
+
+def test_systemd_analyze_security_rates_the_web_unit_well_hardened(tmp_path: Path) -> None:
+    web = _web_unit_copy(tmp_path)
+    r = subprocess.run(
+        [
+            _tool("systemd-analyze"),
+            "security",
+            "--offline=true",
+            "--threshold=16",
+            "--no-pager",
+            str(web),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
