@@ -106,6 +106,7 @@ class Page:
     pending: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent: int = 0
+    agents: list[str] = field(default_factory=list)  # holders of its active rows
 
 
 class Hub:
@@ -124,11 +125,16 @@ class Hub:
         self.clock = clock
         self.lock = threading.Lock()
         self.mirror = Mirror(cfg.policy())
-        self.feed = Feed(cfg, self.mirror, self.lock, clock)
+        self.feed = Feed(cfg, self.mirror, self.lock, clock, self._agents_on_screen)
         self.pages: set[Page] = set()
         self.views_sent = 0
         self._agents: tuple[float, bytes] = (0.0, b"null")
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _agents_on_screen(self) -> list[str]:
+        """Holders of the active rows the pages were last sent (the feed's thread reads
+        it: a copy of each page's list, no lock needed)."""
+        return [a for page in list(self.pages) for a in list(page.agents)]
 
     # --- life ------------------------------------------------------------------
 
@@ -150,52 +156,59 @@ class Hub:
         while True:
             await asyncio.sleep(ROUND)
             try:
-                self._round()
+                now = self.clock()
+                due = self._due(now)
+                if not due:
+                    continue
+                # Composed on a worker thread: the first answer to a query over a
+                # million items takes a while, and the loop keeps serving meanwhile.
+                views = await asyncio.to_thread(self._compose, due, now)
+                for page, payload, version in views:
+                    page.pending = payload
+                    page.sent_version, page.sent_at, page.dirty = version, now, False
+                    page.wake.set()
             except Exception:  # a bug must not stop every page's updates
                 log.exception("web_broadcast_failed")
 
-    def _round(self) -> None:
-        now = self.clock()
+    def _due(self, now: float) -> list[Page]:
+        """Pages owed a view: changed (or asked something new, or quiet for KEEPALIVE),
+        and not sent one in the last 1/MAX_RATE seconds."""
         version = self.mirror.version
-        due = [
+        return [
             p
             for p in self.pages
             if now - p.sent_at >= 1.0 / MAX_RATE
             and (p.dirty or p.sent_version != version or now - p.sent_at >= KEEPALIVE)
         ]
-        if not due:
-            return
+
+    def _compose(self, due: list[Page], now: float) -> list[tuple[Page, str, int]]:
+        """One view per due page: what they share encoded once, each query once."""
         pages: dict[tuple[Any, ...], bytes] = {}
+        holders: dict[tuple[Any, ...], list[str]] = {}
         with self.lock:
             shared = msgspec.json.encode(
                 {**self.mirror.summary(), "options": self.mirror.options()}
             )
             agents = self._agent_rows(now)
             version = self.mirror.version
-            for p in due:
-                key = (*p.query.key(), p.query.offset, p.query.limit)
+            # Each page's query read once: the loop may change it while this runs.
+            keyed = [(p, p.query) for p in due]
+            for _p, q in keyed:
+                key = (*q.key(), q.offset, q.limit)
                 if key not in pages:
-                    pages[key] = msgspec.json.encode(
-                        self.mirror.page(p.query, now, time.perf_counter)
-                    )
-        for p in due:
-            key = (*p.query.key(), p.query.offset, p.query.limit)
-            connected = "true" if self.feed.connected else "false"
+                    page = self.mirror.page(q, now, time.perf_counter)
+                    holders[key] = [r["agent"] for r in page["rows"] if r["status"] == "active"]
+                    pages[key] = msgspec.json.encode(page)
+        connected = "true" if self.feed.connected else "false"
+        out = []
+        for p, q in keyed:
+            key = (*q.key(), q.offset, q.limit)
+            p.agents = holders[key]
             head = f'{{"type":"view","now":{now},"role":"{p.role}","connected":{connected},'
-            p.pending = b"".join(
-                [
-                    head.encode(),
-                    b'"shared":',
-                    shared,
-                    b',"agents":',
-                    agents,
-                    b',"items":',
-                    pages[key],
-                    b"}",
-                ]
-            ).decode()
-            p.sent_version, p.sent_at, p.dirty = version, now, False
-            p.wake.set()
+            body = [head.encode(), b'"shared":', shared, b',"agents":', agents]
+            body += [b',"items":', pages[key], b"}"]
+            out.append((p, b"".join(body).decode(), version))
+        return out
 
     def _agent_rows(self, now: float) -> bytes:
         at, encoded = self._agents

@@ -8,9 +8,10 @@ means the copy may be wrong: it loads a full view again.
 What events do not carry (heartbeats are one-way and unpublished by default; progress
 has no event) comes from a bounded sweep: once a second the daemon's ``status`` (O(1)),
 its ``agents``, and the active items of the agents that hold some (``list`` by agent
-and status, served from the daemon's holder index), at most ``SWEEP_REQUESTS`` agents
-per second, round robin. What this costs the daemon does not depend on how many pages
-are open.
+and status, served from the daemon's holder index): first the agents of the rows pages
+are showing, then the others round robin, until ``SWEEP_AGENTS`` agents or
+``SWEEP_ITEMS`` items. What this costs the daemon does not depend on how many pages are
+open; with a million held items the rows on screen stay exact and the rest catch up.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from coordd.web.mirror import Mirror
 log = structlog.get_logger("coordd.web")
 
 SWEEP_PERIOD = 1.0  # seconds between two sweeps (status, agents, held items)
-SWEEP_REQUESTS = 50  # agents whose items one sweep refreshes
-FULL_VIEW_PAGE = 10_000  # items per `list` page once the daemon pages (issue 14)
+SWEEP_AGENTS = 50  # agents whose held items one sweep reads, at most
+SWEEP_ITEMS = 20_000  # held items one sweep reads, at most (then the next second)
+FULL_VIEW_PAGE = 1000  # items per `list` page once the daemon pages (issue 14)
 DRAIN_MAX = 10_000  # events applied per lock hold
 EVENTS_HWM = 200_000  # events queued for us before the PUB socket drops (and we resync)
 
@@ -60,20 +62,21 @@ def _list_request(**kw: Any) -> protocol.List:
 
 
 def fetch_items(caller: rpc.Caller, max_items: int, **filters: Any) -> list[WorkItem]:
-    """Every item matching ``filters``, following the daemon's cursor if it pages."""
+    """Every item matching ``filters``. A daemon whose ``list`` takes a cursor answers a
+    page at a time (``{"items": [...], "next": cursor or null}``; a page may be empty
+    with a ``next``: follow it); an older one answers the whole list at once."""
     out: list[WorkItem] = []
-    cursor: Any = None
     paged = "cursor" in {f.name for f in msgspec.structs.fields(protocol.List)}
+    cursor: str | None = "" if paged else None
+    limit = getattr(protocol, "MAX_PAGE", FULL_VIEW_PAGE) if paged else max_items
     while True:
-        limit = FULL_VIEW_PAGE if paged else max_items
         data = call(caller, _list_request(limit=limit, cursor=cursor, **filters))
         if isinstance(data, dict):
-            rows = data.get("items", [])
-            cursor = data.get("next_cursor", data.get("cursor"))
+            rows, cursor = data.get("items", []), data.get("next")
         else:
             rows, cursor = data, None
         out.extend(msgspec.convert(rows, list[WorkItem]))
-        if not paged or not cursor or not rows:
+        if cursor is None:
             return out
 
 
@@ -86,8 +89,10 @@ class Feed:
         mirror: Mirror,
         lock: threading.Lock,
         clock: Callable[[], float] = time.time,
+        on_screen: Callable[[], list[str]] = list,
     ) -> None:
         self.cfg = cfg
+        self.on_screen = on_screen  # agents of the active rows pages show, first swept
         self.mirror = mirror
         self.lock = lock
         self.clock = clock
@@ -182,21 +187,16 @@ class Feed:
         return missed
 
     def _sweep(self, caller: rpc.Caller, now: float) -> bool:
-        """Status, agents and some agents' active items; True when coordd restarted."""
+        """Status, agents and some agents' active items; True when coordd restarted.
+        Applied under one lock hold, so the pages see one change, not three."""
         try:
             status = call(caller, protocol.Status())
             with self.lock:
-                restarted = self.mirror.status(status, now)
+                if self.mirror.restarted(status):
+                    return True
                 holders = self.mirror.holders()
-            if restarted:
-                return True
             agents = call(caller, protocol.Agents())
-            picked = _round_robin(holders, self._sweep_at, SWEEP_REQUESTS)
-            self._sweep_at += len(picked)
-            fresh = {
-                a: fetch_items(caller, self.cfg.max_items, agent_id=a, status="active")
-                for a in picked
-            }
+            fresh = self._held_items(caller, holders)
         except Unavailable as e:
             if self.connected:
                 log.warning("web_daemon_unreachable", reason=str(e))
@@ -204,11 +204,28 @@ class Feed:
             return False
         self.connected = True
         with self.lock:
+            self.mirror.status(status, now)
             self.mirror.set_agents(agents)
-            for items in fresh.values():
+            for items in fresh:
                 for item in items:
                     self.mirror.refresh(item)
         return False
+
+    def _held_items(self, caller: rpc.Caller, holders: list[str]) -> list[list[WorkItem]]:
+        """The held items of the agents on screen, then of others in turn, within budget."""
+        first = [a for a in dict.fromkeys(self.on_screen()) if a]
+        others = _round_robin(holders, self._sweep_at, len(holders))
+        out: list[list[WorkItem]] = []
+        read = 0
+        for agent in dict.fromkeys(first + others):
+            if len(out) >= SWEEP_AGENTS or read >= SWEEP_ITEMS:
+                break
+            items = fetch_items(caller, self.cfg.max_items, agent_id=agent, status="active")
+            out.append(items)
+            read += len(items)
+            if agent not in first:
+                self._sweep_at += 1
+        return out
 
     def ai_status(self, caller: rpc.Caller) -> None:
         """The AI providers' state, for the page (asked rarely: a probe is a network call)."""
@@ -222,7 +239,8 @@ class Feed:
 
 
 def _round_robin(names: list[str], start: int, n: int) -> list[str]:
-    if len(names) <= n:
-        return names
+    """``n`` names from ``start`` on, wrapping around (who is swept next)."""
+    if not names:
+        return []
     start %= len(names)
     return (names[start:] + names[:start])[:n]

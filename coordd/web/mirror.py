@@ -225,10 +225,15 @@ class Mirror:
             if item is not None and item.agent_id == agent_id:
                 item.last_heartbeat = at
 
+    def restarted(self, reply: dict[str, Any]) -> bool:
+        """Whether a ``status`` reply comes from another daemon process than the last
+        one applied (a restart: the caller reloads a full view)."""
+        return bool(self.daemon) and reply.get("pid") != self.daemon.get("pid")
+
     def status(self, reply: dict[str, Any], now: float) -> bool:
-        """The daemon's ``status``: counts and counters. True when it is another daemon
-        process than before (restarted): the caller reloads a full view."""
-        restarted = bool(self.daemon) and reply.get("pid") != self.daemon.get("pid")
+        """The daemon's ``status``: counters for the rates, the daemon's facts, its
+        threshold. Returns ``restarted(reply)`` as it was before applying it."""
+        restarted = self.restarted(reply)
         self.daemon = {
             k: reply.get(k)
             for k in ("version", "pid", "health", "degraded_reason", "stale_threshold", "recovery")
