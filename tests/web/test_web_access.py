@@ -140,3 +140,15 @@ def _until(check: Any, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     pytest.fail("condition not met in time")
+
+
+@pytest.mark.skipif(not hasattr(protocol, "Retry"), reason="this coordd has no retry request yet")
+def test_retry_puts_a_failed_item_back_with_the_operator_token(web: WebProcess) -> None:
+    d = web.d
+    wid = d.call(protocol.Claim(agent_id="a1", work_type="t", description="x"))["work_item_id"]
+    d.call(protocol.RecoverStale(strategy=protocol.Strategy.FAIL, work_item_id=wid))
+    assert d.call(protocol.Show(work_item_id=wid))["status"] == "failed"
+    assert web.post("/api/action/retry", "read", json={"work_item_id": wid}).status_code == 403
+    ok = web.post("/api/action/retry", "operator", json={"work_item_id": wid})
+    assert ok.status_code == 200, ok.text
+    assert d.call(protocol.Show(work_item_id=wid))["status"] == "pending"
