@@ -152,3 +152,42 @@ def test_retry_puts_a_failed_item_back_with_the_operator_token(web: WebProcess) 
     ok = web.post("/api/action/retry", "operator", json={"work_item_id": wid})
     assert ok.status_code == 200, ok.text
     assert d.call(protocol.Show(work_item_id=wid))["status"] == "pending"
+
+
+def test_an_ai_priority_analysis_from_the_dashboard_reaches_every_page(web_factory: Any) -> None:
+    from tests.ai.standins import Ollama
+    from tests.ai.test_daemon_ai import answer, with_work
+
+    ollama = Ollama()
+    try:
+        web = web_factory({"ollama_host": ollama.url, "ai_timeout": 2.0})
+        ids = with_work(web.d)
+        ollama.queue(("text", answer([(ids[2], 90), (ids[0], 40)])))
+        assert web.post("/api/action/ai_priorities", "read", json={}).status_code == 403
+        ok = web.post("/api/action/ai_priorities", "operator", json={}, timeout=20)
+        assert ok.status_code == 200, ok.text
+        ranked = ok.json()["data"]["result"]["recommendations"]
+        assert [r["work_id"] for r in ranked] == [ids[2], ids[0]]
+        view = _first_view(web, lambda v: v["shared"]["ai"]["latest"] is not None)
+        assert view["shared"]["ai"]["latest"]["kind"] == "priorities"
+    finally:
+        ollama.close()
+
+
+def _first_view(web: WebProcess, wanted: Any, timeout: float = 10.0) -> Any:
+    """The first view pushed to a page that satisfies ``wanted``."""
+    import json
+
+    import websockets.sync.client
+
+    with websockets.sync.client.connect(
+        web.url.replace("http", "ws") + "ws",
+        origin=websockets.typing.Origin(web.origin),
+        additional_headers={"Cookie": f"coordd_web={web.tokens['read']}"},
+    ) as ws:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            view = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if wanted(view):
+                return view
+    pytest.fail("no such view was pushed")
