@@ -17,7 +17,7 @@ import pytest
 from coordd import config as config_mod
 from coordd import protocol
 from coordd.web.feed import Feed
-from coordd.web.mirror import Mirror
+from coordd.web.mirror import Mirror, Query
 from tests.conftest import BIN
 from tests.web.conftest import WebProcess
 
@@ -191,3 +191,25 @@ def _first_view(web: WebProcess, wanted: Any, timeout: float = 10.0) -> Any:
             if wanted(view):
                 return view
     pytest.fail("no such view was pushed")
+
+
+def test_the_full_view_holds_every_item_past_one_page(coordd_factory: Any) -> None:
+    d = coordd_factory()
+    sock = d.agent()
+    n = 2500  # more than one `list` page (1000) of a daemon that pages
+    for k in range(n):
+        d.send(sock, protocol.Add(work_type="t", description=f"item {k}", work_item_id=f"i{k:05d}"))
+    for _ in range(n):
+        assert isinstance(d.recv(sock), protocol.Ok)
+    sock.close(0)
+    cfg = config_mod.load(str(d.config_path), {})
+    mirror, lock = Mirror(cfg.policy()), threading.Lock()
+    feed = Feed(cfg, mirror, lock)
+    feed.start()
+    try:
+        _until(lambda: mirror.loaded)
+        with lock:
+            assert len(mirror.items) == n
+            assert mirror.page(Query(text="item 2499"), 0.0)["total"] == 1
+    finally:
+        feed.stop()
