@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from coordd.core import rules
@@ -334,7 +335,10 @@ class Mirror:
     def agent_rows(self, limit: int = 100) -> dict[str, Any]:
         """Agents, most silent first (the ones to look at), with what each holds."""
         ranked = sorted(self.agents.values(), key=lambda a: a.get("last_heartbeat") or 0.0)
-        rows = [shapes.agent_row(a, len(list(self.held(a["agent_id"])))) for a in ranked[:limit]]
+        rows = []
+        for a in ranked[:limit]:
+            held = self._ix["holder"].get(a["agent_id"], {}) if a["agent_id"] else {}
+            rows.append(shapes.agent_row(a, len(held), list(islice(held, 3))))
         return {"total": len(self.agents), "rows": rows}
 
     def item_counts(self) -> dict[str, int]:

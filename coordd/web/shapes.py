@@ -34,13 +34,14 @@ def item_row(item: WorkItem, threshold: float) -> dict[str, Any]:
     }
 
 
-def agent_row(agent: dict[str, Any], held: int) -> dict[str, Any]:
+def agent_row(agent: dict[str, Any], held: int, first_held: list[str]) -> dict[str, Any]:
     """One row of the agents table (``agent`` as the daemon's ``agents`` reply has it)."""
     return {
         "id": agent.get("agent_id"),
         "team": agent.get("team", ""),
         "last_heartbeat": agent.get("last_heartbeat"),
         "held": held,
+        "held_ids": first_held,
         "completed": agent.get("tasks_completed", 0),
     }
 

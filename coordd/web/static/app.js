@@ -201,7 +201,8 @@ function renderAgents(agents) {
   for (const a of agents.rows) {
     const tr = el("tr");
     const ago = a.last_heartbeat ? `${seconds(now() - a.last_heartbeat)} ago (${clock(a.last_heartbeat)})` : "never";
-    tr.append(el("td", a.id), el("td", a.team), el("td", ago), el("td", a.held), el("td", a.completed));
+    const held = a.held ? `${a.held}: ${a.held_ids.join(", ")}${a.held > a.held_ids.length ? ", …" : ""}` : "0";
+    tr.append(el("td", a.id), el("td", a.team), el("td", ago), el("td", held), el("td", a.completed));
     tbody.append(tr);
   }
   $("agents-caption").textContent = `Agents, most silent first (${agents.rows.length} of ${agents.total})`;
