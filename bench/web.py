@@ -4,7 +4,9 @@ The same run, one daemon, 8 agents heartbeating at full speed (one-way, unbatche
 in s1), in turns: without the web process, with ``coordd web`` and 50 connected pages,
 and again without and with (the pairs are averaged, so drift on a shared machine falls
 on both sides). Figures: the daemon's heartbeat ingest in each case and its ratio
-(issue 20: within 10 %), and the views delivered per second to the 50 pages. Then the
+(issue 20: within 10 %), the daemon's CPU time per heartbeat applied in each case (what
+the daemon itself spends, whatever else shares the cores), and the views delivered
+per second to the 50 pages. Then the
 same 50 pages while a claimer creates items as fast as the daemon takes them: the
 views per page stay at or under the cap (4/s) however fast events come. Then scale:
 ``coordd web``'s full view of a daemon holding ``--items`` items (end to end), and the
@@ -122,18 +124,31 @@ class Pages:
         self._thread.join(10)
 
 
-def _heartbeats(d: BenchDaemon, payloads: list[list[bytes]], warm: float, seconds: float) -> float:
-    """Heartbeats/s the daemon applied while 8 senders stream at full speed."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def count() -> float:
+
+def _heartbeats(
+    d: BenchDaemon, payloads: list[list[bytes]], warm: float, seconds: float
+) -> tuple[float, float]:
+    """Heartbeats/s the daemon applied while 8 senders stream at full speed, and the
+    daemon's CPU microseconds per heartbeat applied (what it spent, whoever else ran)."""
+    assert d.proc is not None
+    pid = d.proc.pid
+
+    def count() -> tuple[float, float]:
         time.sleep(warm)
-        c0, t0 = d.heartbeats(), time.monotonic()
+        c0, t0, cpu0 = d.heartbeats(), time.monotonic(), _cpu_seconds(pid)
         time.sleep(seconds)
-        return (d.heartbeats() - c0) / (time.monotonic() - t0)
+        c1, t1, cpu1 = d.heartbeats(), time.monotonic(), _cpu_seconds(pid)
+        return (c1 - c0) / (t1 - t0), (cpu1 - cpu0) / max(1, c1 - c0) * 1e6
 
     args = [(d.agent_endpoint, payloads[k], MAX_MSGS) for k in range(SENDERS)]
-    rate, _ = workers.run_workers(workers.one_way_sender, args, warm + seconds + 0.5, count)
-    return float(rate)
+    measured, _ = workers.run_workers(workers.one_way_sender, args, warm + seconds + 0.5, count)
+    rate, cpu_us = measured
+    return float(rate), float(cpu_us)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -148,8 +163,10 @@ def run(quick: bool) -> dict[str, Any]:
             payloads[int(a[1:]) % SENDERS].append(
                 request("heartbeat", agent_id=a, work_item_id=w, lease=lease)
             )
-        without, with_web, views = [], [], []
-        for _turn in range(2):
+        without: list[tuple[float, float]] = []
+        with_web: list[tuple[float, float]] = []
+        views = []
+        for _turn in range(2 if quick else 3):
             without.append(_heartbeats(d, payloads, warm, seconds))
             web = WebProcess(d)
             pages = Pages(web, PAGES)
@@ -160,10 +177,17 @@ def run(quick: bool) -> dict[str, Any]:
             finally:
                 pages.close()
                 web.stop()
-        out["ingest_without_web"] = sum(without) / len(without)
-        out["ingest_with_web"] = sum(with_web) / len(with_web)
+        for name, turns in (("without_web", without), ("with_web", with_web)):
+            out[f"ingest_{name}"] = sum(r for r, _ in turns) / len(turns)
+            out[f"daemon_cpu_us_per_hb_{name}"] = sum(c for _, c in turns) / len(turns)
         out["ingest_ratio"] = out["ingest_with_web"] / out["ingest_without_web"]
-        out["ingest_turns"] = {"without": without, "with": with_web}
+        out["daemon_cpu_ratio"] = (
+            out["daemon_cpu_us_per_hb_with_web"] / out["daemon_cpu_us_per_hb_without_web"]
+        )
+        out["ingest_turns"] = {
+            "without": [round(r) for r, _ in without],
+            "with": [round(r) for r, _ in with_web],
+        }
         out["views_per_s_50_pages_heartbeats"] = sum(views) / len(views)
         out["views_per_s_per_page_heartbeats"] = out["views_per_s_50_pages_heartbeats"] / PAGES
         out.update(_claim_storm(d, seconds))
