@@ -252,10 +252,14 @@ class Hub:
             await page.wake.wait()
             page.wake.clear()
             payload, page.pending = page.pending, None
-            if payload is not None:
+            if payload is None:
+                continue
+            try:
                 await page.ws.send_text(payload)
-                page.sent += 1
-                self.views_sent += 1
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return  # the page went; its reader ends the connection
+            page.sent += 1
+            self.views_sent += 1
 
     # --- actions -----------------------------------------------------------------
 

@@ -269,5 +269,9 @@ $("filters").addEventListener("submit", (e) => e.preventDefault());
 $("prev").addEventListener("click", () => { query.offset = Math.max(0, query.offset - query.limit); sendQuery(); });
 $("next").addEventListener("click", () => { query.offset += query.limit; sendQuery(); });
 $("ai-run").addEventListener("click", () => act("ai_priorities", {}));
+$("recover-all").addEventListener("submit", (e) => {
+  e.preventDefault();
+  act("recover", { strategy: $("recover-all").elements.strategy.value });
+});
 setInterval(tickSilence, 500);
 connect();
