@@ -18,7 +18,10 @@ from coordd.web import tokens
 @click.option("--operator", "role", flag_value=tokens.OPERATOR, help="Only the operator token.")
 @click.option("--read", "role", flag_value=tokens.READ, help="Only the read token.")
 def web_token(ctx: Ctx, role: str | None, as_json: bool) -> None:
-    """Show the web dashboard's tokens (read: view; operator: act) and its address."""
+    """Show the web dashboard's address and tokens.
+
+    The read token lets a person view the page, the operator token also act.
+    """
     directory = tokens.token_dir(ctx.cfg.web_token_dir, ctx.cfg.state_dir)
     try:
         values = tokens.read(directory)
