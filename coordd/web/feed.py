@@ -63,8 +63,8 @@ def _list_request(**kw: Any) -> protocol.List:
 
 def fetch_items(caller: rpc.Caller, max_items: int, **filters: Any) -> list[WorkItem]:
     """Every item matching ``filters``. A daemon whose ``list`` takes a cursor answers a
-    page at a time (``{"items": [...], "next": cursor or null}``; a page may be empty
-    with a ``next``: follow it); an older one answers the whole list at once."""
+    page at a time (``{"items": [...], "next_cursor": cursor or null}``; a page may be
+    empty with a cursor: follow it); an older one answers the whole list at once."""
     out: list[WorkItem] = []
     paged = "cursor" in {f.name for f in msgspec.structs.fields(protocol.List)}
     cursor: str | None = "" if paged else None
@@ -72,7 +72,9 @@ def fetch_items(caller: rpc.Caller, max_items: int, **filters: Any) -> list[Work
     while True:
         data = call(caller, _list_request(limit=limit, cursor=cursor, **filters))
         if isinstance(data, dict):
-            rows, cursor = data.get("items", []), data.get("next")
+            # ``next_cursor`` as landed (the views' name); ``next`` as first drafted.
+            rows = data.get("items", [])
+            cursor = data.get("next_cursor", data.get("next"))
         else:
             rows, cursor = data, None
         out.extend(msgspec.convert(rows, list[WorkItem]))
