@@ -794,7 +794,7 @@ class State:
         completion-log entries logged before it, at most ``at_most`` of each (the rest
         goes next time): memory follows the work held and recent, not all history.
         Team velocity totals are kept. Journaled (``Pruned``); returns items pruned."""
-        items, finished = self.items, self._ix.finished
+        items, finished, dependents = self.items, self._ix.finished, self._ix.dependents
         gone: list[str] = []
         for wid in finished:
             if len(gone) >= at_most:
@@ -802,6 +802,10 @@ class State:
             done_at = items[wid].completed_at
             if done_at is not None and done_at >= before:
                 break
+            # An item that others still wait on is kept: a missing dependency counts as
+            # met, so forgetting a failed one would unblock its dependents.
+            if dependents.get(wid):
+                continue
             gone.append(wid)
         log = self.completions
         k = 0

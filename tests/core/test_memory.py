@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from coordd.core.indexes import HEAP_SLACK
+from coordd.core.model import NothingPending
 from coordd.core.state import State
 from coordd.storage.store import FileStore
 from tests.core.storage_helpers import view
@@ -89,3 +92,20 @@ def test_a_pruned_record_applied_twice_changes_nothing_more() -> None:
     kept = (dict(st.items), list(st.completions))
     st.apply_record(rec)
     assert (st.items, st.completions) == kept and len(st.completions) == 4
+
+
+def test_a_failed_item_that_others_wait_on_is_not_pruned() -> None:
+    # A dependency that is no longer kept counts as met, so pruning a failed one would
+    # quietly unblock its dependents a retention period after it failed.
+    st = State()
+    dep = st.claim("a", "t", "build", T0)
+    st.recover_fail(dep, T0 + 1, "gave up")
+    waiter = st.add("t", "deploy", T0 + 2, after=[dep.work_item_id])
+    lone = st.claim("a", "t", "nobody waits", T0)
+    st.recover_fail(lone, T0 + 1, "gave up")
+
+    assert st.prune(T0 + 30 * DAY, at_most=10_000) == 1  # only the one nobody waits on
+    assert dep.work_item_id in st.items and lone.work_item_id not in st.items
+    assert st.waiting_on(st.items[waiter.work_item_id])  # still blocked, with its reason
+    with pytest.raises(NothingPending):  # the blocked item is not handed out
+        st.claim_next("b", T0 + 30 * DAY + 1, work_type="t")
