@@ -27,12 +27,16 @@ from coordctl.client import (
     Unreachable,
 )
 from coordd import config as config_mod
-from coordd import protocol, views
+from coordd import protocol, rpc, views
 from coordd.kinds import Priority, Status, Strategy
 
 
 class Ctx:
-    """What every command needs: the configuration and a client (made lazily)."""
+    """What every command needs: the configuration and a client (made lazily).
+
+    With ``endpoints`` set (``COORDD_ENDPOINTS``: an agent on another host) every
+    request goes to the agent endpoint, with CURVE keys when configured; operator
+    requests are then refused there and say they need the local control socket."""
 
     def __init__(self, cfg: config_mod.Config, ai_provider: str | None = None) -> None:
         self.cfg = cfg
@@ -42,9 +46,21 @@ class Ctx:
         self._client: Client | None = None
 
     @property
+    def remote(self) -> bool:
+        return bool(self.cfg.endpoints)
+
+    def link(self) -> rpc.Link:
+        """Where agent-side clients connect (the SDK, the heartbeater, ``run``)."""
+        try:
+            return rpc.agent_link(self.cfg)
+        except rpc.KeyFileError as e:
+            fail(str(e), 2)
+
+    @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.cfg.control_socket, self.cfg.client_timeout)
+            target = self.link() if self.remote else self.cfg.control_socket
+            self._client = Client(target, self.cfg.client_timeout)
         return self._client
 
     def agent_id(self, given: str | None) -> str | None:
@@ -102,7 +118,18 @@ def call(ctx: Ctx, req: protocol.Request) -> Any:
     except Refused as e:
         if e.code == "nothing_pending":
             fail(e.message, EXIT_NOTHING_PENDING, e.code)
+        if ctx.remote and e.code == "not_allowed" and "control socket" in e.message:
+            line = needs_control_socket(ctx, type(req).__name__)
+            fail(line, EXIT_REFUSED, e.code, line=line)
         fail(e.message, EXIT_REFUSED, e.code, line=f"refused ({e.code}): {e.message}")
+
+
+def needs_control_socket(ctx: Ctx, what: str) -> str:
+    return (
+        f"{what} is an operator request: it needs the local control socket"
+        f" ({ctx.cfg.control_socket}), run it on coordd's host without COORDD_ENDPOINTS;"
+        " over COORDD_ENDPOINTS only agent commands work"
+    )
 
 
 def emit(as_json: bool, view: msgspec.Struct, human: Callable[[Any], str]) -> None:

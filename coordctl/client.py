@@ -39,15 +39,19 @@ class Refused(Exception):
 
 
 class Client:
-    """coordctl's connection to the control socket: checks the socket file first, so a
-    missing daemon or a permission problem is named rather than waited out."""
+    """coordctl's connection to coordd: the control socket (a path; the socket file is
+    checked first, so a missing daemon or a permission problem is named rather than
+    waited out), or an agent-side ``rpc.Link`` (``COORDD_ENDPOINTS``, CURVE keys)."""
 
-    def __init__(self, control_socket: str, timeout: float = 5.0) -> None:
-        self.path = control_socket
+    def __init__(self, control_socket: str | rpc.Link, timeout: float = 5.0) -> None:
+        self.link = control_socket if isinstance(control_socket, rpc.Link) else None
+        self.path = self.link.address() if self.link else str(control_socket)
         self.timeout = timeout
         self._caller: rpc.Caller | None = None
 
     def _hint(self) -> str:
+        if self.link is not None:
+            return "is coordd listening there, and are COORDD_CURVE_KEY/COORDD_SERVER_KEY right?"
         return f"is `coordd run` running with the same COORDINATION_DIR (cwd {os.getcwd()})?"
 
     def _denied(self) -> str:
@@ -58,6 +62,9 @@ class Client:
 
     def _connect(self) -> rpc.Caller:
         if self._caller is not None:
+            return self._caller
+        if self.link is not None:
+            self._caller = rpc.Caller(self.link, self.timeout)
             return self._caller
         try:
             os.stat(self.path)

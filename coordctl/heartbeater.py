@@ -33,28 +33,51 @@ FATAL_CODES = frozenset({"unknown_agent", "lease_lost", "not_owner", "unknown_wo
 class Heartbeater:
     def __init__(
         self,
-        endpoint: str,
+        link: rpc.Link,
         agent_id: str,
         interval: float,
         timeout: float,
         work_item_id: str | None,
         lease: int | None,
     ) -> None:
-        self.endpoint = endpoint
+        self.link = link
         self.agent_id = agent_id
         self.interval = interval
         self.timeout = timeout
         self.work_item_id = work_item_id
         self.lease = lease
         self.stop = False
-        self.rpc = rpc.Caller(endpoint, timeout)
+        self.lost_own = False  # with --work: its item was revoked
+        self.codec = protocol.Codec()
+        self.rpc = rpc.Caller(link, timeout)
+        self.rpc.on_push = self.on_revoked
+
+    def on_revoked(self, r: protocol.Revoked) -> None:
+        """coordd pushed that a lease of this agent is lost: say so (and stop, if it
+        was the one item this heartbeater keeps)."""
+        log.warning(
+            "lease_revoked",
+            agent_id=r.agent_id,
+            work_item_id=r.work_item_id,
+            lease=r.lease,
+            strategy=r.strategy,
+            reason=r.reason,
+            new_holder=r.new_holder,
+        )
+        if r.work_item_id == self.work_item_id:
+            self.lost_own = True
+            self.stop = True
 
     def beat(self, expected: frozenset[str] = frozenset()) -> str | None:
         """One acknowledged heartbeat; the error code when coordd refused it (a code in
         ``expected`` is normal at this point and not logged as a warning)."""
         return self._ask(
             protocol.Heartbeat(
-                agent_id=self.agent_id, work_item_id=self.work_item_id, lease=self.lease, ack=True
+                agent_id=self.agent_id,
+                work_item_id=self.work_item_id,
+                lease=self.lease,
+                ack=True,
+                push=True,  # a lost lease is logged the moment coordd pushes it
             ),
             expected,
         )
@@ -63,7 +86,7 @@ class Heartbeater:
         try:
             reply = self.rpc.call(req)
         except rpc.Timeout:
-            log.warning("coordd_unreachable", endpoint=self.endpoint, timeout=self.timeout)
+            log.warning("coordd_unreachable", endpoint=self.link.address(), timeout=self.timeout)
             return None
         if isinstance(reply, protocol.Error):
             if reply.code in expected:
@@ -72,8 +95,20 @@ class Heartbeater:
                 "heartbeat_refused", agent_id=self.agent_id, code=reply.code, message=reply.message
             )
             return reply.code
+        for r in (reply.data or {}).get("lost", []) if isinstance(reply.data, dict) else []:
+            # Lost since the last heartbeat, while no push reached us (e.g. reconnecting).
+            log.warning("lease_lost", agent_id=self.agent_id, **r)
         log.debug("answered", agent_id=self.agent_id, op=type(req).__name__)
         return None
+
+    def _drop_or_log(self, raw: bytes) -> None:
+        """A message while sleeping: a pushed revocation is logged, a late reply dropped."""
+        try:
+            msg = self.codec.reply_decoder.decode(raw)
+        except Exception:
+            return
+        if isinstance(msg, protocol.Revoked):
+            self.on_revoked(msg)
 
     def _sleep(self) -> None:
         """Wait one interval; a signal cuts it short (pyzmq retries a poll on EINTR,
@@ -91,7 +126,7 @@ class Heartbeater:
             while not self.stop and time.monotonic() < deadline:
                 ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
                 if sock in ready:
-                    sock.recv()  # a stray late reply: drop it
+                    self._drop_or_log(sock.recv())
         finally:
             signal.set_wakeup_fd(previous)
             rd.close()
@@ -105,24 +140,29 @@ class Heartbeater:
             interval=self.interval,
             work_item_id=self.work_item_id,
         )
-        # The old script's order is heartbeat-start, then claim: an agent coordd does not
-        # know yet is registered once. Unknown later means coordd lost it: stop.
-        first = frozenset({"unknown_agent"})
-        if self.work_item_id is None and self.beat(first) == "unknown_agent":
-            self._ask(protocol.Register(agent_id=self.agent_id))
-            log.info("agent_registered", agent_id=self.agent_id)
+        # The old script's order is heartbeat-start, then claim: the agent is registered
+        # (created if coordd does not know it yet) with its heartbeat interval, so a claim
+        # whose threshold these heartbeats could not keep fresh is refused. Unknown later
+        # means coordd lost it: stop.
+        self._ask(protocol.Register(agent_id=self.agent_id, heartbeat_interval=self.interval))
+        log.info("agent_registered", agent_id=self.agent_id, heartbeat_interval=self.interval)
         while not self.stop:
             code = self.beat()
             if code in FATAL_CODES:
                 log.warning("heartbeater_stopping", agent_id=self.agent_id, reason=code)
                 return 1
             self._sleep()
+        if self.lost_own:
+            log.warning("heartbeater_stopping", agent_id=self.agent_id, reason="lease_revoked")
+            return 1
         log.info("heartbeater_stopped", agent_id=self.agent_id, reason="signal")
         return 0
 
 
 @click.command()
-@click.option("--endpoint", required=True)
+@click.option("--endpoint", "endpoints", required=True, multiple=True)
+@click.option("--curve-key", default="", help="The agent's NAME.key_secret file.")
+@click.option("--server-key", default="", help="The server's public key file (or Z85).")
 @click.option("--agent", "agent_id", required=True)
 @click.option("--interval", type=float, required=True)
 @click.option("--timeout", type=float, default=5.0)
@@ -131,7 +171,9 @@ class Heartbeater:
 @click.option("--lease", type=int)
 @click.option("--log-format", default="json")
 def main(
-    endpoint: str,
+    endpoints: tuple[str, ...],
+    curve_key: str,
+    server_key: str,
     agent_id: str,
     interval: float,
     timeout: float,
@@ -144,7 +186,13 @@ def main(
     if not claim_pid_file(pid_file):
         log.error("heartbeater_already_running", pid=read_pid(pid_file), pid_file=pid_file)
         sys.exit(1)
-    hb = Heartbeater(endpoint, agent_id, interval, timeout, work_item_id, lease)
+    try:
+        link = rpc.Link(endpoints, rpc.load_curve(curve_key, server_key))
+    except rpc.KeyFileError as e:
+        log.error("heartbeater_keys", error=str(e))
+        os.unlink(pid_file)
+        sys.exit(2)
+    hb = Heartbeater(link, agent_id, interval, timeout, work_item_id, lease)
 
     def on_signal(_signum: int, _frame: Any) -> None:
         hb.stop = True

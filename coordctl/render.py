@@ -119,6 +119,24 @@ def item_rows(items: Sequence[Any], now: float | None = None) -> str:
     )
 
 
+def failed_rows(items: Sequence[Any]) -> str:
+    """The dead-letter view (``list --status failed``): why each one failed."""
+    short = short_ids([i.work_item_id for i in items])
+    rows = [
+        (
+            short[i.work_item_id],
+            i.work_type,
+            i.result,
+            i.recoveries,
+            i.recovered_from or i.agent_id,
+            i.recovery_reason,
+            i.description,
+        )
+        for i in items
+    ]
+    return table(("ID", "TYPE", "RESULT", "RECOVERIES", "FROM", "REASON", "DESCRIPTION"), rows)
+
+
 def _ts(dt: Any) -> float | None:
     return None if dt is None else float(dt.timestamp())
 
@@ -149,6 +167,9 @@ def item_detail(i: Any) -> str:
         ("stale_since", i.stale_since),
         ("stale_after", None if i.stale_after_seconds is None else f"{i.stale_after_seconds:g}s"),
         ("created_at", i.created_at),
+        ("recoveries", i.recoveries or None),
+        ("recovery_strategy", i.recovery_strategy),
+        ("checkpoint", i.checkpoint),
     ]
     lines = []
     for key, value in fields:

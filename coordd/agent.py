@@ -1,6 +1,8 @@
 """The agent SDK: claim work, heartbeat it in the background, hear when it is lost.
 
     agent = Agent("ipc:///run/coordd/agents.sock", "agent_7", heartbeat_interval=60)
+    # or, from another host: Agent.from_config() reads COORDD_ENDPOINTS,
+    # COORDD_CURVE_KEY, COORDD_SERVER_KEY, AGENT_ID and HEARTBEAT_INTERVAL
     with agent.lease("build", "compile the kernel", priority="high") as lease:
         for step in steps:
             if lease.lost.is_set():
@@ -13,9 +15,11 @@
 ZeroMQ sockets are not thread-safe, so the SDK uses two DEALER sockets: one owned by
 the heartbeat thread (it alone sends heartbeats and reads their rare replies) and one
 for requests, shared by the caller's threads under a lock. Every interval the thread
-sends ONE ``HeartbeatBatch`` for all the leases this agent holds. Heartbeats are
-one-way: coordd answers only when something is wrong, and an answer naming an item
-sets that lease's ``lost`` event.
+sends ONE ``HeartbeatBatch`` for all the leases this agent holds (and one at once
+when a lease is taken, so coordd knows where to tell). Heartbeats are one-way: coordd
+answers only when something is wrong, and an answer naming an item sets that lease's
+``lost`` event. When coordd recovers an item it pushes ``Revoked`` on the heartbeat
+socket as soon as the recovery is durable: ``lost`` is set then, not an interval later.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import zmq
 from coordd import protocol, rpc
 from coordd.kinds import Priority
 
-STOP_CHECK = 0.2  # seconds; how soon the heartbeat thread notices close()
+KICK = b"k"  # wakes the heartbeat thread: a new lease to announce, or close()
 
 
 class AgentError(Exception):
@@ -62,19 +66,45 @@ class Lease:
         self.lease: int = item["lease"]
         self.lost = threading.Event()
         self.lost_reason = ""
+        self.revoked: protocol.Revoked | None = None  # what coordd pushed, when it did
+        # The previous holder's note (or ours): where to resume.
+        self.checkpoint: str | None = item.get("checkpoint")
         self.done = False
 
-    def progress(self, percent: int, status: str | None = None) -> dict[str, Any]:
-        """Report progress (also a heartbeat). Raises LeaseLostError when fenced off."""
-        return self._call(
+    def progress(
+        self, percent: int, status: str | None = None, checkpoint: str | None = None
+    ) -> dict[str, Any]:
+        """Report progress (also a heartbeat), with a checkpoint for whoever takes the
+        item next. Raises LeaseLostError when fenced off."""
+        data = self._call(
             protocol.Progress(
                 work_item_id=self.work_item_id,
                 progress=percent,
                 agent_id=self.agent.agent_id,
                 lease=self.lease,
                 status=status,
+                checkpoint=checkpoint,
             )
         )
+        self._keep(checkpoint)
+        return data
+
+    def save_checkpoint(self, checkpoint: str) -> None:
+        """Store a checkpoint now (an acknowledged item heartbeat carrying it)."""
+        self._call(
+            protocol.Heartbeat(
+                agent_id=self.agent.agent_id,
+                work_item_id=self.work_item_id,
+                lease=self.lease,
+                ack=True,
+                checkpoint=checkpoint,
+            )
+        )
+        self._keep(checkpoint)
+
+    def _keep(self, checkpoint: str | None) -> None:
+        if checkpoint is not None:
+            self.checkpoint = checkpoint
 
     def complete(self, result: str = "success", velocity: int = 0) -> dict[str, Any]:
         """Finish the item; stops its heartbeats."""
@@ -140,28 +170,52 @@ class Lease:
 
 
 class Agent:
-    """One agent's connection to coordd's agent endpoint."""
+    """One agent's connection to coordd's agent endpoint: an address (``ipc://...``,
+    ``tcp://...``) or an ``rpc.Link`` (several addresses, CURVE keys)."""
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | rpc.Link,
         agent_id: str,
         heartbeat_interval: float = 60.0,
         timeout: float = 5.0,
     ) -> None:
-        self.endpoint = endpoint
+        self.link = rpc.as_link(endpoint)
+        self.endpoint = self.link.address()
         self.agent_id = agent_id
         self.heartbeat_interval = heartbeat_interval
         self.timeout = timeout
         self.codec = protocol.Codec()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._req_lock = threading.Lock()
-        self._caller = rpc.Caller(endpoint, timeout, self._ctx)
+        self._caller = rpc.Caller(self.link, timeout, self._ctx)
+        self._caller.on_push = self._on_revoked
         self._leases: dict[str, Lease] = {}
         self._leases_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._registered = False
+        # An inproc pair wakes the heartbeat thread (its end is that thread's alone;
+        # ours is used under _leases_lock), so it needs no periodic wake-ups.
+        self._kick_addr = f"inproc://coordd-agent-{id(self)}"
+        self._kick_in: zmq.Socket[bytes] = self._ctx.socket(zmq.PAIR)
+        self._kick_in.bind(self._kick_addr)
+        self._kick_out: zmq.Socket[bytes] = self._ctx.socket(zmq.PAIR)
+        self._kick_out.connect(self._kick_addr)
         self.heartbeats_sent = 0  # batches, for tests and the curious
+
+    @classmethod
+    def from_config(cls, agent_id: str | None = None, cfg: Any = None) -> Agent:
+        """An agent as configured (file, environment): ``COORDD_ENDPOINTS`` (else the
+        local agent endpoint), ``COORDD_CURVE_KEY``/``COORDD_SERVER_KEY``, ``AGENT_ID``,
+        ``HEARTBEAT_INTERVAL``, ``client_timeout``."""
+        from coordd import config
+
+        cfg = cfg or config.load()
+        name = agent_id or cfg.agent_id
+        if not name:
+            raise AgentError("bad_request", "name the agent (agent_id or $AGENT_ID)")
+        return cls(rpc.agent_link(cfg), name, cfg.heartbeat_interval, cfg.client_timeout)
 
     # --- requests (any thread) ----------------------------------------------------
 
@@ -193,6 +247,7 @@ class Agent:
         take the most urgent pending item matching ``work_type``/``team``, or the one
         named by ``work_item_id`` (``ClaimNext``).
         """
+        self._register()
         req: protocol.Request
         if description is not None:
             req = protocol.Claim(
@@ -209,10 +264,23 @@ class Agent:
                 agent_id=self.agent_id, work_type=work_type, team=team, work_item_id=work_item_id
             )
         held = Lease(self, self.request(req))
+        self._start_heartbeats()
         with self._leases_lock:
             self._leases[held.work_item_id] = held
-        self._start_heartbeats()
+            # Heartbeat it at once from the heartbeat socket: that connection is where
+            # coordd pushes a revocation, and it must know it before the first interval.
+            self._kick_out.send(KICK)
         return held
+
+    def _register(self) -> None:
+        """Declare this agent and its heartbeat interval once: coordd refuses a claim
+        whose threshold these heartbeats could not keep fresh."""
+        if self._registered:
+            return
+        self.request(
+            protocol.Register(agent_id=self.agent_id, heartbeat_interval=self.heartbeat_interval)
+        )
+        self._registered = True
 
     def held(self) -> list[Lease]:
         with self._leases_lock:
@@ -226,10 +294,16 @@ class Agent:
     def close(self) -> None:
         """Stop heartbeating and close the sockets (held items are left to staleness)."""
         self._stop.set()
+        with self._leases_lock:
+            self._kick_out.send(KICK)
         if self._thread is not None:
             self._thread.join(timeout=self.timeout)
         with self._req_lock:
             self._caller.close()
+        with self._leases_lock:
+            self._kick_out.close(0)
+        if self._thread is None or not self._thread.is_alive():
+            self._kick_in.close(0)
 
     def __enter__(self) -> Agent:
         return self
@@ -249,15 +323,22 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         # Created, used and closed by this thread only.
-        sock = rpc.dealer(self.endpoint, self._ctx)
+        sock = rpc.dealer(self.link, self._ctx)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._kick_in, zmq.POLLIN)
         try:
             next_beat = time.monotonic() + self.heartbeat_interval
             while not self._stop.is_set():
-                # Wake at least every STOP_CHECK seconds so close() never waits an interval.
-                wait = min(STOP_CHECK, max(0.0, next_beat - time.monotonic()))
-                if sock.poll(int(wait * 1000) + 1):
+                wait = max(0.0, next_beat - time.monotonic())
+                ready = dict(poller.poll(int(wait * 1000) + 1))
+                if sock in ready:
                     self._on_heartbeat_reply(sock.recv())
-                    continue
+                if self._kick_in in ready:
+                    while self._kick_in.poll(0):
+                        self._kick_in.recv()
+                    if not self._stop.is_set():
+                        self._send_batch(sock)  # a new lease: announce it now
                 if time.monotonic() >= next_beat:
                     self._send_batch(sock)
                     next_beat = time.monotonic() + self.heartbeat_interval
@@ -269,6 +350,7 @@ class Agent:
         if not leases:
             return
         batch = protocol.HeartbeatBatch(
+            push=True,  # this socket hears revocations the moment they are durable
             agent_id=self.agent_id,
             items=[protocol.ItemBeat(lease.work_item_id, lease.lease) for lease in leases],
         )
@@ -280,6 +362,9 @@ class Agent:
             reply = self.codec.reply_decoder.decode(raw)
         except msgspec.DecodeError:
             return  # not a reply we understand; the thread must live on regardless
+        if isinstance(reply, protocol.Revoked):
+            self._on_revoked(reply)
+            return
         if isinstance(reply, protocol.Error):
             return  # the whole batch was refused (e.g. bad request): nothing item-specific
         for err in (reply.data or {}).get("errors", []):
@@ -288,3 +373,13 @@ class Agent:
                 lease = self._leases.get(err["work_item_id"])
             if lease is not None:
                 lease.mark_lost(f"{err['code']}: {err['message']}")
+
+    def _on_revoked(self, r: protocol.Revoked) -> None:
+        """coordd pushed a lost lease: if it is one we hold, it is lost now."""
+        with self._leases_lock:
+            lease = self._leases.get(r.work_item_id)
+        if lease is None or lease.lease != r.lease:
+            return  # another connection's item of the same agent, or an old lease
+        lease.revoked = r
+        holder = f"; now held by {r.new_holder}" if r.new_holder else ""
+        lease.mark_lost(f"revoked ({r.strategy}): {r.reason}{holder}")

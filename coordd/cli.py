@@ -104,6 +104,8 @@ def check_config(config_file: str | None) -> None:
     """Validate the configuration and print the values in effect."""
     import msgspec
 
+    from coordd.core.rules import threshold_warnings
+
     cfg = _load(config_file, {})
     for key, value in msgspec.structs.asdict(cfg).items():
         if key in SECRET_KEYS and value:
@@ -111,6 +113,8 @@ def check_config(config_file: str | None) -> None:
         elif key == "postgres_dsn":
             value = config_mod.redact_dsn(value)
         click.echo(f"{key} = {value!r}")
+    for warning in threshold_warnings(cfg.policy()):
+        click.echo(f"coordd: warning: {warning}", err=True)
 
 
 @main.command("import")

@@ -62,6 +62,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     recovery: str = Strategy.REASSIGN
     max_retries: int = 3
     retry_escalation: str = Strategy.FAIL
+    max_recoveries: int = 3  # recoveries (any strategy) before an item fails: dead letter
     work_types: dict[str, TypeRule] = {}
     publish_heartbeats: bool = False  # a "heartbeat" event per heartbeat message
     # durability
@@ -125,6 +126,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # clients
     agent_id: str = ""
     client_timeout: float = 5.0
+    # Agents on another host: the agent endpoint(s) to connect to (COORDD_ENDPOINTS,
+    # comma-separated), the agent's CURVE key pair file (``NAME.key_secret`` of
+    # ``coordctl keys generate --agent``) and the server's public key (its
+    # ``server.key`` file or the Z85 key itself). ``agent_endpoint`` is the daemon's
+    # bind address, not this.
+    endpoints: list[str] = []
+    curve_key: str = ""
+    server_key: str = ""
 
     def policy(self) -> Policy:
         return Policy(
@@ -132,6 +141,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             recovery=self.recovery,
             max_retries=self.max_retries,
             retry_escalation=self.retry_escalation,
+            max_recoveries=self.max_recoveries,
+            heartbeat_interval=self.heartbeat_interval,
             work_types=dict(self.work_types),
         )
 
@@ -167,8 +178,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     for field in msgspec.structs.fields(Config):
         name = "COORDD_" + field.name.upper()
         # Set is set, even to "": COORDD_METRICS_LISTEN= turns metrics off, as documented.
-        if field.name not in ("work_types", "ai_models") and name in env:
+        if field.name not in ("work_types", "ai_models", "endpoints") and name in env:
             out[field.name] = env[name]
+    if env.get("COORDD_ENDPOINTS"):
+        out["endpoints"] = split_endpoints(env["COORDD_ENDPOINTS"])
     # The Anthropic SDK's own variables, so a Claude user sets nothing new.
     if env.get("ANTHROPIC_API_KEY") and "anthropic_api_key" not in out:
         out["anthropic_api_key"] = env["ANTHROPIC_API_KEY"]
@@ -182,6 +195,11 @@ def provider_from_env(env: Mapping[str, str]) -> str | None:
     else ``AI_PROVIDER``), or None: coordctl sends it with the request, so it wins over
     the daemon's configured provider for that analysis only."""
     return env.get("COORDD_AI_PROVIDER") or env.get("AI_PROVIDER") or None
+
+
+def split_endpoints(text: str) -> list[str]:
+    """``COORDD_ENDPOINTS``: connect addresses separated by commas or spaces."""
+    return [e for e in text.replace(",", " ").split() if e]
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -301,6 +319,11 @@ def validate(cfg: Config) -> list[str]:
     _at_most(problems, "max_id_len", cfg.max_id_len, protocol.MAX_ID_LEN)
     _at_most(problems, "max_description_len", cfg.max_description_len, protocol.MAX_TEXT_LEN)
     _at_most(problems, "max_batch", cfg.max_batch, protocol.MAX_BATCH_ITEMS)
+    for endpoint in cfg.endpoints:
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            problems.append(f"endpoints: {endpoint!r} is not a tcp:// or ipc:// address")
+    if bool(cfg.curve_key) != bool(cfg.server_key):
+        problems.append("curve_key and server_key go together: set both or neither")
     if not cfg.coordination_dir:
         problems.append("coordination_dir must not be empty")
     sock = cfg.control_socket or str(

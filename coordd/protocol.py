@@ -55,6 +55,9 @@ MAX_SCAN = 100_000
 MAX_CURSOR_LEN = MAX_ID_LEN + 48
 # An old client's ``limit`` may be any count: it is clamped to MAX_PAGE, not refused.
 MAX_LIMIT = 2**63 - 1
+# A checkpoint is a note for the next holder (a branch, a last step, a file list), kept
+# with the item and journaled when it changes: small, so a heartbeat stays cheap.
+MAX_CHECKPOINT_LEN = 4096
 
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LEN)]
@@ -67,6 +70,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 # The items a new one waits for (``--after``); a handful in practice.
 MAX_AFTER = 100
 After = Annotated[list[Id], msgspec.Meta(max_length=MAX_AFTER)]
+Checkpoint = Annotated[str, msgspec.Meta(max_length=MAX_CHECKPOINT_LEN)]
 
 # The closed vocabularies are the enums of ``coordd.kinds``: the decoder refuses any
 # other string with "Invalid enum value", as it did when they were Literals here.
@@ -114,8 +118,11 @@ class Register(Request, tag="register"):
 
     agent_id: Id
     team: Id = ""
-    capacity: Capacity = 100
+    capacity: Capacity | None = None  # None: keep the agent's (100 for a new one)
     specialization: Id = ""
+    # Seconds between this agent's heartbeats, declared by the SDK and the heartbeater:
+    # a claim whose threshold it could not keep fresh is refused.
+    heartbeat_interval: Seconds | None = None
 
 
 class Heartbeat(Request, tag="heartbeat"):
@@ -127,6 +134,11 @@ class Heartbeat(Request, tag="heartbeat"):
     lease: Lease | None = None
     progress: Percent | None = None
     ack: bool = False
+    checkpoint: Checkpoint | None = None  # with work_item_id: kept for the next holder
+    # This connection takes pushed ``Revoked`` messages: coordd tells it at once when
+    # the agent loses a lease. Off by default, so a client that reads only replies (one
+    # socket for requests and heartbeats) never meets a message it did not ask for.
+    push: bool = False
 
 
 class ItemBeat(msgspec.Struct, array_like=True):
@@ -145,6 +157,7 @@ class HeartbeatBatch(Request, tag="heartbeat_batch"):
     agent_id: Id
     items: Beats = []
     ack: bool = False
+    push: bool = False  # as in Heartbeat
 
 
 # --- work items -----------------------------------------------------------
@@ -194,6 +207,7 @@ class Progress(Request, tag="progress"):
     agent_id: Id | None = None
     lease: Lease | None = None
     status: Id | None = None
+    checkpoint: Checkpoint | None = None
 
 
 class Complete(Request, tag="complete"):
@@ -252,8 +266,15 @@ class Status(Request, tag="status"):
 # --- freshness -------------------------------------------------------------
 
 
+# What ``check-stale`` and the dashboard list of past recoveries: the last hour.
+RECOVERED_WINDOW = 3600.0
+
+
 class CheckStale(Request, tag="check_stale"):
-    """The stale items with silence, threshold and owner: ``coordctl check-stale``."""
+    """The stale items with silence, threshold and owner, and the items recovered
+    within the last ``window`` seconds: ``coordctl check-stale``."""
+
+    window: Seconds = RECOVERED_WINDOW
 
 
 class RecoverStale(Request, tag="recover_stale"):
@@ -266,10 +287,12 @@ class RecoverStale(Request, tag="recover_stale"):
 
 
 class Freshness(Request, tag="freshness"):
-    """Fresh / potentially stale / stale counts, the stale items, and the ``limit``
-    active items worst first (silence over threshold): the dashboard."""
+    """Fresh / potentially stale / stale counts, the stale items, the ``limit``
+    active items worst first (silence over threshold), and the items recovered within
+    ``window`` seconds: the dashboard."""
 
     limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    window: Seconds = RECOVERED_WINDOW
 
 
 # --- AI analyses (control socket only; answered when the provider is done) -----
@@ -346,7 +369,19 @@ class Error(Reply, tag="error"):
     leader: str | None = None  # with not_leader: the leader's agent endpoint, if known
 
 
-AnyReply = Ok | Error
+class Revoked(Reply, tag="revoked"):
+    """Pushed, unasked, to the connections that heartbeated for the item's holder with
+    ``push`` set, as soon as its recovery is durable: ``agent_id`` lost ``lease``."""
+
+    work_item_id: str
+    lease: int
+    agent_id: str
+    reason: str
+    strategy: str
+    new_holder: str | None = None
+
+
+AnyReply = Ok | Error | Revoked
 
 # Every request, in the order defined above: the codec's tagged union. Derived, not
 # listed, so a new request is one Struct here; which socket may send it is decided

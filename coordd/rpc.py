@@ -9,22 +9,104 @@ the answer to the next request.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import msgspec
 import zmq
+import zmq.auth
 
 from coordd import protocol
+
+if TYPE_CHECKING:
+    from coordd.config import Config
+
+# A CURVE public key in Z85 is 40 characters.
+Z85_KEY_LEN = 40
 
 
 class Timeout(Exception):
     """No reply within the timeout (the socket has been replaced)."""
 
 
-def dealer(endpoint: str, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[bytes]:
-    """A connected DEALER socket that drops unsent messages on close."""
+class KeyFileError(Exception):
+    """A CURVE key file cannot be used; the message names the file and the fix."""
+
+
+class CurveKeys(msgspec.Struct, frozen=True):
+    """What a client needs for CURVE: its own key pair and the server's public key."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+
+
+class Link(msgspec.Struct, frozen=True):
+    """Where an agent-side client connects: one or more addresses, CURVE keys or none."""
+
+    endpoints: tuple[str, ...]
+    curve: CurveKeys | None = None
+
+    def address(self) -> str:
+        return choose_endpoint(self.endpoints)
+
+
+def choose_endpoint(endpoints: Sequence[str]) -> str:
+    """The address to connect to now. The one place that chooses: today the first of
+    ``COORDD_ENDPOINTS``; following a leader among several coordd is decided here."""
+    return endpoints[0]
+
+
+def load_curve(curve_key: str, server_key: str) -> CurveKeys | None:
+    """The client keys of ``curve_key`` (a ``NAME.key_secret`` file) and ``server_key``
+    (the ``server.key`` file, or the Z85 key itself); None when neither is set."""
+    if not curve_key and not server_key:
+        return None
+    if not curve_key or not server_key:
+        raise KeyFileError("COORDD_CURVE_KEY and COORDD_SERVER_KEY go together")
+    try:
+        public, secret = zmq.auth.load_certificate(curve_key)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"cannot read the agent key {curve_key}: {e}") from None
+    if not secret:
+        raise KeyFileError(
+            f"{curve_key} holds no secret key: give the NAME.key_secret file made by"
+            " `coordctl keys generate --agent NAME`"
+        )
+    if len(server_key) == Z85_KEY_LEN and not os.path.exists(server_key):
+        server = server_key.encode()
+    else:
+        try:
+            server = zmq.auth.load_certificate(server_key)[0]
+        except (OSError, ValueError) as e:
+            raise KeyFileError(f"cannot read the server key {server_key}: {e}") from None
+    return CurveKeys(public=public, secret=secret, server=server)
+
+
+def agent_link(cfg: Config) -> Link:
+    """The agent-side link of a configuration: ``endpoints`` (else the local agent
+    endpoint) with its CURVE keys. Raises KeyFileError."""
+    endpoints = tuple(cfg.endpoints) or (cfg.agent_endpoint,)
+    return Link(endpoints, load_curve(cfg.curve_key, cfg.server_key))
+
+
+def as_link(target: str | Link) -> Link:
+    return target if isinstance(target, Link) else Link((target,))
+
+
+def dealer(endpoint: str | Link, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[bytes]:
+    """A connected DEALER socket (with CURVE when the link has keys) that drops unsent
+    messages on close."""
+    link = as_link(endpoint)
     sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    if link.curve is not None:
+        sock.curve_publickey = link.curve.public
+        sock.curve_secretkey = link.curve.secret
+        sock.curve_serverkey = link.curve.server
+    sock.connect(link.address())
     return sock
 
 
@@ -34,32 +116,49 @@ class Caller:
     Not thread-safe (no ZeroMQ socket is): one Caller per thread, or a lock around it.
     """
 
-    def __init__(self, endpoint: str, timeout: float, ctx: zmq.Context[Any] | None = None) -> None:
-        self.endpoint = endpoint
+    def __init__(
+        self, endpoint: str | Link, timeout: float, ctx: zmq.Context[Any] | None = None
+    ) -> None:
+        self.link = as_link(endpoint)
         self.timeout = timeout
         self.codec = protocol.Codec()
         self._ctx = ctx
+        # Messages coordd pushes unasked (``Revoked``) that arrive while a reply is
+        # awaited: handed here, never taken for the reply.
+        self.on_push: Callable[[protocol.Revoked], None] | None = None
         self.sock = self._socket()
 
+    @property
+    def endpoint(self) -> str:
+        return self.link.address()
+
     def _socket(self) -> zmq.Socket[bytes]:
-        sock = dealer(self.endpoint, self._ctx)
+        sock = dealer(self.link, self._ctx)
         # A full send queue (no peer reading) counts against the same deadline.
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
         return sock
 
-    def call(self, req: protocol.Request) -> protocol.AnyReply:
+    def call(self, req: protocol.Request) -> protocol.Ok | protocol.Error:
         """Send ``req``; its decoded reply (``Ok`` or ``Error``), or raise Timeout."""
+        deadline = time.monotonic() + self.timeout
         try:
             self.sock.send(self.codec.encode(req))
-            answered = self.sock.poll(int(self.timeout * 1000))
         except zmq.Again:
-            answered = 0
-        if not answered:
-            self.sock.close(0)
-            self.sock = self._socket()
-            raise Timeout(f"coordd did not answer within {self.timeout:g}s")
-        reply: protocol.AnyReply = self.codec.reply_decoder.decode(self.sock.recv())
-        return reply
+            return self._timed_out()
+        while True:
+            wait = max(0.0, deadline - time.monotonic())
+            if not self.sock.poll(int(wait * 1000)):
+                return self._timed_out()
+            reply = self.codec.reply_decoder.decode(self.sock.recv())
+            if not isinstance(reply, protocol.Revoked):
+                return reply
+            if self.on_push is not None:
+                self.on_push(reply)
+
+    def _timed_out(self) -> NoReturn:
+        self.sock.close(0)
+        self.sock = self._socket()
+        raise Timeout(f"coordd did not answer within {self.timeout:g}s")
 
     def close(self) -> None:
         self.sock.close(0)

@@ -109,8 +109,11 @@ class ItemView(View):
     result: str | None
     velocity_points: int | None
     retry_count: int
+    recoveries: int  # recoveries since an operator last put it back (dead letter past max)
+    recovery_strategy: str | None  # of the last recovery: reassign, retry or fail
     recovery_reason: str | None
     recovered_from: str | None
+    checkpoint: str | None  # the holder's note for whoever takes the item next
     stale_after_seconds: float | None
     created_at: datetime | None
     claimed_at: datetime | None
@@ -151,8 +154,11 @@ def item_view(data: Any) -> ItemView:
         result=item.result,
         velocity_points=item.velocity_points,
         retry_count=item.retry_count,
+        recoveries=item.recoveries,
+        recovery_strategy=item.recovery_strategy,
         recovery_reason=item.recovery_reason,
         recovered_from=item.recovered_from,
+        checkpoint=item.checkpoint,
         stale_after_seconds=item.stale_after,
         created_at=when(item.created_at or None),
         claimed_at=when(item.claimed_at),
@@ -368,12 +374,41 @@ class StaleEntry(View):
     last_heartbeat: datetime | None
 
 
+class RecoveredView(View):
+    """One item recovered within the window: when, how, why, from whom, and who holds
+    it now because of it (the new holder after a reassign, the same agent after a
+    retry; null while pending or after a fail)."""
+
+    work_item_id: str
+    work_type: str
+    description: str
+    recovered_at: datetime
+    strategy: str | None
+    reason: str | None
+    recovered_from: str | None
+    now_held_by: str | None
+    status: str
+    recoveries: int
+
+
+def recovered_views(d: dict[str, Any]) -> list[RecoveredView]:
+    """The ``recovered`` list of a check-stale or freshness reply (none from an older
+    daemon)."""
+    return [
+        RecoveredView(**{**r, "recovered_at": _at(r["recovered_at"])})
+        for r in d.get("recovered") or ()
+    ]
+
+
 class StaleReport(View):
-    """``check-stale``, and the file ``stale_work_report.json`` (the same JSON)."""
+    """``check-stale``, and the file ``stale_work_report.json`` (the same JSON): the
+    items stale now, and the ones recovered within ``recovered_window_seconds``."""
 
     generated_at: datetime
     stale_count: int
     items: list[StaleEntry]
+    recovered_window_seconds: float | None  # null from a daemon that does not report them
+    recovered: list[RecoveredView]
 
 
 def stale_entry(e: dict[str, Any]) -> StaleEntry:
@@ -392,7 +427,13 @@ def stale_entry(e: dict[str, Any]) -> StaleEntry:
 
 def stale_report(d: dict[str, Any]) -> StaleReport:
     entries = [stale_entry(e) for e in d["stale"]]
-    return StaleReport(generated_at=_at(d["now"]), stale_count=len(entries), items=entries)
+    return StaleReport(
+        generated_at=_at(d["now"]),
+        stale_count=len(entries),
+        items=entries,
+        recovered_window_seconds=d.get("window"),
+        recovered=recovered_views(d),
+    )
 
 
 class RecoveryView(View):
@@ -456,6 +497,8 @@ class DashboardView(View):
     heartbeat_interval_seconds: float
     tick_interval_seconds: float
     items: list[DashboardRow]
+    recovered_window_seconds: float | None
+    recovered: list[RecoveredView]
     heartbeater: HeartbeaterView
     ai_provider: str | None
 
@@ -490,6 +533,8 @@ def dashboard_view(d: dict[str, Any], heartbeater: HeartbeaterView) -> Dashboard
             )
             for r in rows
         ],
+        recovered_window_seconds=d.get("window"),
+        recovered=recovered_views(d),
         heartbeater=heartbeater,
         ai_provider=d.get("ai_provider"),
     )

@@ -26,9 +26,13 @@ from coordctl.commands.ai import (
     apply_claim_recommendation,
     provider_summary,
 )
-from coordctl.commands.heartbeat import heartbeater_view, pid_path, start_heartbeater
+from coordctl.commands.heartbeat import (
+    heartbeat_daemon_status,
+    heartbeater_view,
+    running_pid,
+    start_heartbeater,
+)
 from coordctl.commands.items import claim_item, claimed_line
-from coordctl.pidfile import pid_alive, read_pid
 from coordd import protocol, views
 
 REPORT_NAME = "stale_work_report.json"
@@ -65,22 +69,69 @@ def _stale_table(entries: list[views.StaleEntry]) -> str:
     )
 
 
-@command("check-stale", short_help="Items whose agent went silent (exit 5 if any)")
-def check_stale(ctx: Ctx, as_json: bool) -> None:
-    """List the items whose agent went silent, and write stale_work_report.json.
+def _to_whom(e: views.RecoveredView) -> str:
+    if e.now_held_by:
+        return e.now_held_by
+    return "nobody (failed)" if e.status == "failed" else f"nobody yet ({e.status})"
 
-    Exit 0 when nothing is stale, 5 when some items are.
+
+def recovered_text(recovered: list[views.RecoveredView], window: float | None) -> str:
+    """What was recovered within the window: when, strategy, from, to, why."""
+    if window is None:
+        return ""  # an older daemon: it does not report recoveries
+    span = render.duration(window)
+    if not recovered:
+        return f"nothing recovered in the last {span}"
+    table = render.table(
+        ("ID", "WHEN", "STRATEGY", "FROM", "TO", "WHY", "DESCRIPTION"),
+        [
+            (
+                e.work_item_id,
+                f"{render.age(e.recovered_at.timestamp())} ago",
+                e.strategy,
+                e.recovered_from,
+                _to_whom(e),
+                e.reason,
+                e.description,
+            )
+            for e in recovered
+        ],
+    )
+    return f"{len(recovered)} item(s) recovered in the last {span}:\n{table}"
+
+
+WINDOW_OPTION = click.option(
+    "--window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=protocol.RECOVERED_WINDOW,
+    show_default=True,
+    help="Also list what was recovered within this many seconds.",
+)
+
+
+@command("check-stale", short_help="Items whose agent went silent (exit 5 if any)")
+@WINDOW_OPTION
+def check_stale(ctx: Ctx, window: float, as_json: bool) -> None:
+    """List the items whose agent went silent, and write stale_work_report.json; also
+    list the items recovered within --window seconds (when, why, from whom, to whom).
+
+    Exit 0 when nothing is stale now, 5 when some items are (past recoveries do not
+    count: they are done).
     """
-    report = views.stale_report(call(ctx, protocol.CheckStale()))
+    report = views.stale_report(call(ctx, protocol.CheckStale(window=window)))
     path = coordination_dir(ctx) / REPORT_NAME
     _write_atomically(path, views.encode(report).decode() + "\n")
     emit(
         as_json,
         report,
         lambda r: (
-            f"{r.stale_count} stale item(s) (report: {path})\n" + _stale_table(r.items)
-            if r.items
-            else f"no stale items (report: {path})"
+            (
+                f"{r.stale_count} stale item(s) (report: {path})\n" + _stale_table(r.items)
+                if r.items
+                else f"no stale items (report: {path})"
+            )
+            + "\n"
+            + recovered_text(r.recovered, r.recovered_window_seconds)
         ),
     )
     sys.exit(EXIT_STALE_FOUND if report.items else 0)
@@ -123,9 +174,11 @@ def recover_stale(
 # --- the dashboard ---------------------------------------------------------------------
 
 
-def dashboard_data(ctx: Ctx, limit: int = 200) -> views.DashboardView:
-    data = to_builtins(call(ctx, protocol.Freshness(limit=limit)))
-    return views.dashboard_view(data, heartbeater_view(pid_path(ctx)))
+def dashboard_data(
+    ctx: Ctx, limit: int = 200, window: float = protocol.RECOVERED_WINDOW
+) -> views.DashboardView:
+    data = to_builtins(call(ctx, protocol.Freshness(limit=limit, window=window)))
+    return views.dashboard_view(data, heartbeater_view(ctx, ctx.agent_id(None)))
 
 
 BAR = 10  # characters of the silence / threshold bar
@@ -137,12 +190,6 @@ def _bar(row: views.DashboardRow) -> str:
     return "#" * filled + "." * (BAR - filled)
 
 
-def _heartbeater_line(h: views.HeartbeaterView) -> str:
-    if h.running:
-        return f"running (pid {h.pid})"
-    return "not running" if h.pid is None else f"not running (stale pid file for pid {h.pid})"
-
-
 def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) -> str:
     """The dashboard as lines fitted to ``width`` x ``height``: counts, then the active
     items worst first (silence as a share of the threshold), as many as fit."""
@@ -151,7 +198,7 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
         f"  threshold {d.stale_threshold_seconds:g}s, recovery {d.recovery}",
         f"active {d.active}: {d.fresh} fresh, {d.potentially_stale} potentially stale"
         f" (>{d.warn_ratio:.0%}), {d.stale} stale; {d.blocked} blocked",
-        f"heartbeat daemon: {_heartbeater_line(d.heartbeater)}",
+        f"heartbeat daemon: {heartbeat_daemon_status(ctx)}",
         f"AI provider: {provider_summary(ctx)}",
     ]
     room = max(0, height - len(head) - 2)
@@ -175,19 +222,23 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
     lines = head + ([""] + body.splitlines() if rows else ["", "no active items"])
     if len(d.items) > len(rows):
         lines.append(f"... {len(d.items) - len(rows)} more (--json for all)")
+    lines += ["", *recovered_text(d.recovered, d.recovered_window_seconds).splitlines()]
     return "\n".join(line[:width] for line in lines)
 
 
 @command("freshness-dashboard", short_help="Active items worst first: who went silent")
 @click.option("--watch", type=float, help="Redraw in place every SECONDS until Ctrl-C.")
-def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
-    """The active items, worst first: how long each agent has been silent."""
+@WINDOW_OPTION
+def freshness_dashboard(ctx: Ctx, watch: float | None, window: float, as_json: bool) -> None:
+    """The active items, worst first: how long each agent has been silent; and what
+    was recovered within --window seconds."""
     if as_json:
-        emit(True, dashboard_data(ctx), str)
+        emit(True, dashboard_data(ctx, window=window), str)
         return
     size = shutil.get_terminal_size((80, 24))
     if watch is None:
-        click.echo(dashboard_text(ctx, dashboard_data(ctx), size.columns, size.lines))
+        data = dashboard_data(ctx, window=window)
+        click.echo(dashboard_text(ctx, data, size.columns, size.lines))
         return
     from rich.console import Console
     from rich.live import Live
@@ -196,7 +247,8 @@ def freshness_dashboard(ctx: Ctx, watch: float | None, as_json: bool) -> None:
     console = Console()
 
     def frame() -> Text:
-        return Text(dashboard_text(ctx, dashboard_data(ctx), console.width, console.height))
+        data = dashboard_data(ctx, window=window)
+        return Text(dashboard_text(ctx, data, console.width, console.height))
 
     try:
         with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
@@ -241,14 +293,15 @@ def claim_enhanced(
     if not proceed:
         sys.exit(EXIT_AI_DECLINED)
     item = claim_item(ctx, agent, work_type, description, priority, team, None, stale_after)
+    # The claiming agent's own heartbeater must run: another agent's keeps only its items.
     agent_id = item.agent_id or ""
-    running = read_pid(str(pid_path(ctx)))
-    if running is not None and pid_alive(running):
-        heartbeat = f"heartbeat daemon already running (pid {running})"
-        hb = views.HeartbeaterView(running=True, pid=running)
+    running = running_pid(ctx, agent_id)
+    if running is not None:
+        heartbeat = f"{agent_id}'s heartbeat daemon already running (pid {running})"
+        hb = views.HeartbeaterView(running=True, pid=running, agent_id=agent_id)
     else:
         pid = start_heartbeater(ctx, agent_id)
-        heartbeat = f"heartbeat daemon started (pid {pid})"
+        heartbeat = f"heartbeat daemon started for {agent_id} (pid {pid})"
         hb = views.HeartbeaterView(running=True, pid=pid, agent_id=agent_id)
     out = views.ClaimEnhancedView(
         item=item,

@@ -168,6 +168,7 @@ def with_holder(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("percent", type=click.IntRange(0, 100))
 @click.argument("status", required=False)
 @with_holder
+@click.option("--checkpoint", help="A note for the next holder (at most 4096 characters).")
 def progress(
     ctx: Ctx,
     work_item_id: str,
@@ -175,9 +176,11 @@ def progress(
     status: str | None,
     agent: str | None,
     lease: int | None,
+    checkpoint: str | None,
     as_json: bool,
 ) -> None:
-    """Report how far a held item is (0-100), with an optional stage name."""
+    """Report how far a held item is (0-100), with an optional stage name and a
+    checkpoint: a note for whoever holds it next."""
     data = call(
         ctx,
         protocol.Progress(
@@ -186,6 +189,7 @@ def progress(
             agent_id=ctx.agent_id(agent),
             lease=lease,
             status=status,
+            checkpoint=checkpoint,
         ),
     )
     emit(as_json, views.item_view(data), lambda i: f"{i.work_item_id} at {i.progress}%")
@@ -242,10 +246,15 @@ def release(
 @command(short_help="Register an agent with its team and capacity")
 @click.argument("agent", required=False)
 @click.option("--team", default="")
-@click.option("--capacity", type=click.IntRange(min=0), default=100)
+@click.option("--capacity", type=click.IntRange(min=0), help="Default: keep (100 when new).")
 @click.option("--specialization", default="")
 def register(
-    ctx: Ctx, agent: str | None, team: str, capacity: int, specialization: str, as_json: bool
+    ctx: Ctx,
+    agent: str | None,
+    team: str,
+    capacity: int | None,
+    specialization: str,
+    as_json: bool,
 ) -> None:
     """Register an agent with its team and capacity (AGENT defaults to $AGENT_ID)."""
     agent_id = ctx.required_agent(agent)
@@ -309,11 +318,9 @@ def list_(
             f"coordctl: stopped at --limit {limit}; more items match (raise --limit)",
             err=True,
         )
-    emit(
-        as_json,
-        views.item_list(items),
-        lambda v: render.item_rows(v.items) if v.items else "no work items",
-    )
+    # ``list --status failed`` is the dead-letter view: why each one failed.
+    rows = render.failed_rows if status == "failed" else render.item_rows
+    emit(as_json, views.item_list(items), lambda v: rows(v.items) if v.items else "no work items")
 
 
 def _more_after(ask: Callable[[str, int], Any], after: str | None) -> bool:

@@ -4,6 +4,7 @@ complete; stop the command when the lease is lost.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,12 +14,26 @@ from typing import Any
 import click
 
 from coordctl.base import PRIORITY, Ctx, command, fail
-from coordctl.client import EXIT_LEASE_LOST, EXIT_NOTHING_PENDING, EXIT_REFUSED, EXIT_UNREACHABLE
+from coordctl.client import (
+    EXIT_LEASE_LOST,
+    EXIT_NOTHING_PENDING,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from coordctl.commands.items import claimed_line
 from coordd import views
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
 
 STOP_GRACE = 5.0  # seconds a command gets between SIGTERM and SIGKILL when its lease is lost
+# As shells do: 127 a command that is not found, 126 one found but not executable.
+EXIT_NOT_FOUND = 127
+EXIT_CANNOT_EXECUTE = 126
+POINT_AT_WORK = (
+    "run takes only work it is pointed at: --description D [--type T] (a new item),"
+    " --work ID, --type T and/or --team X (the most urgent pending one of those),"
+    " or --any (the most urgent pending item of any type)"
+)
 
 
 def _take_lease(
@@ -29,9 +44,12 @@ def _take_lease(
     priority: str,
     team: str | None,
     stale_after: float | None,
+    any_: bool,
 ) -> Lease:
     if work_item_id is not None:
         return agent.lease(work_item_id=work_item_id)
+    if any_ and description is None and work_type is None and team is None:
+        return agent.lease()
     if description is not None:
         return agent.lease(
             work_type, description, priority=priority, team=team, stale_after=stale_after
@@ -68,20 +86,25 @@ def _supervise(proc: subprocess.Popen[bytes], lease: Lease) -> bool:
 @click.option("--priority", type=PRIORITY, default="medium")
 @click.option("--team")
 @click.option("--stale-after", type=float, help="The new item's staleness threshold.")
+@click.option("--any", "any_", is_flag=True, help="Take the most urgent pending item of any type.")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(ctx: Ctx, agent: str | None, argv: tuple[str, ...], as_json: bool, **claim: Any) -> None:
     """Claim, run COMMAND while heartbeating, then complete (coordctl run ... -- COMMAND).
 
-    Claims a new item (--description), the pending item --work, or the most urgent
-    pending one (--type/--team). Exit 0 completes with result "success"; any other
-    status completes with result "failed" (so it is not handed to the next agent to fail
-    again). SIGTERM/SIGINT are forwarded to the command. Exits with the command's status
-    (128+N when killed by signal N), or 6 when the lease was lost and the command stopped.
+    Claims a new item (--description), the pending item --work, the most urgent pending
+    one of --type/--team, or with --any the most urgent of all; without any of these it
+    is a usage error. COMMAND gets COORDD_WORK_ITEM_ID, COORDD_LEASE, AGENT_ID and
+    COORDD_CHECKPOINT (the previous holder's checkpoint, "" if none). Exit 0 completes
+    with result "success"; any other status completes with result "failed" (so it is
+    not handed to the next agent to fail again). SIGTERM/SIGINT are forwarded to the
+    command. Exits with the command's status (128+N when killed by signal N), 127 (126)
+    when it cannot be found (executed), the item released, or 6 when the lease was
+    lost and the command stopped (coordd pushes the loss at once).
     """
+    if not any(claim[k] for k in ("work_item_id", "work_type", "team", "description", "any_")):
+        fail(POINT_AT_WORK, EXIT_USAGE)
     agent_id = ctx.agent_id(agent) or f"agent_{time.time_ns()}"
-    sdk = Agent(
-        ctx.cfg.agent_endpoint, agent_id, ctx.cfg.heartbeat_interval, ctx.cfg.client_timeout
-    )
+    sdk = Agent(ctx.link(), agent_id, ctx.cfg.heartbeat_interval, ctx.cfg.client_timeout)
     try:
         status = _run(sdk, argv, claim)
     finally:
@@ -113,7 +136,10 @@ def _run(sdk: Agent, argv: tuple[str, ...], claim: dict[str, Any]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    proc = subprocess.Popen(list(argv))
+    try:
+        proc = subprocess.Popen(list(argv), env=_command_env(sdk, lease))
+    except OSError as e:
+        return _not_started(lease, argv[0], e)
     started.append(proc)
     for signum in early:
         proc.send_signal(signum)
@@ -129,6 +155,31 @@ def _run(sdk: Agent, argv: tuple[str, ...], claim: dict[str, Any]) -> int:
     except AgentError as e:
         click.echo(f"coordctl: could not complete {lease.work_item_id}: {e}", err=True)
     return status
+
+
+def _command_env(sdk: Agent, lease: Lease) -> dict[str, str]:
+    """The command's environment: ours, plus what it needs to act on its item."""
+    return {
+        **os.environ,
+        "AGENT_ID": sdk.agent_id,
+        "COORDD_WORK_ITEM_ID": lease.work_item_id,
+        "COORDD_LEASE": str(lease.lease),
+        "COORDD_CHECKPOINT": lease.checkpoint or "",
+    }
+
+
+def _not_started(lease: Lease, name: str, e: OSError) -> int:
+    """The command could not be started: one line, the item released (nothing would
+    ever heartbeat or finish it), the shell's status."""
+    missing = isinstance(e, FileNotFoundError)
+    why = "command not found" if missing else (e.strerror or str(e))
+    try:
+        lease.release()
+        released = f"released {lease.work_item_id}"
+    except AgentError as err:
+        released = f"could not release {lease.work_item_id}: {err}"
+    click.echo(f"coordctl: cannot run {name}: {why} ({released})", err=True)
+    return EXIT_NOT_FOUND if missing else EXIT_CANNOT_EXECUTE
 
 
 COMMANDS = [run]

@@ -92,6 +92,13 @@ class WorkItem(msgspec.Struct, kw_only=True, gc=False):
     # The items this one waits for (``--after``): it is claimable once each of them has
     # completed with result ``success``. Whether it waits is derived, never stored.
     after: list[str] | None = None
+    # A note from the holder for whoever takes the item next (kept across recovery
+    # and retry; journaled only when it changes).
+    checkpoint: str | None = None
+    # Recoveries of any strategy since the item was last put back by an operator; past
+    # max_recoveries the item is dead-lettered (failed, too_many_recoveries).
+    recoveries: int = 0
+    recovery_strategy: str | None = None  # of the last recovery: reassign, retry, fail
     # Fields of an imported legacy item that coordd has no use for, kept verbatim
     # so an export gives them back (reactor_id, estimated_duration, telemetry, ...).
     legacy: dict[str, Any] | None = None
@@ -106,6 +113,7 @@ class Agent(msgspec.Struct, kw_only=True, gc=False):
     last_heartbeat: float | None = None
     registered_at: float = 0.0
     tasks_completed: int = 0
+    heartbeat_interval: float | None = None  # as the agent declared it at register
     legacy: dict[str, Any] | None = None
 
 
@@ -178,6 +186,18 @@ class Published(Event, kw_only=True, omit_defaults=True):
 
     seq: int | None = None
     item: WorkItem | None = None
+
+
+class Revocation(msgspec.Struct, kw_only=True, gc=False):
+    """A lease lost to a recovery: what the edge pushes to the holder's connections
+    once the recovery is durable, and what its next agent-level heartbeat answers."""
+
+    work_item_id: str
+    lease: int  # the lost lease
+    agent_id: str  # who lost it
+    reason: str
+    strategy: str
+    new_holder: str | None = None
 
 
 class ItemBeatLike(Protocol):

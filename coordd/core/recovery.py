@@ -24,6 +24,7 @@ class Recovery(msgspec.Struct, kw_only=True):
     silent_for: float
     threshold: float
     applied: bool = True
+    dead_letter: bool = False  # failed for too many recoveries (max_recoveries)
 
 
 def _check_strategy(strategy: str) -> None:
@@ -39,27 +40,34 @@ def stale_items(state: State, now: float) -> list[WorkItem]:
     return found
 
 
-def _report(state: State, item: WorkItem, now: float, chosen: str, applied: bool) -> Recovery:
+def _report(state: State, item: WorkItem, now: float, requested: str, applied: bool) -> Recovery:
+    policy = state.policy
     return Recovery(
         work_item_id=item.work_item_id,
         agent_id=item.agent_id,
-        strategy=chosen,
+        strategy=rules.effective_strategy(policy, item, requested),
         silent_for=state.silent_for(item, now),
-        threshold=rules.threshold(state.policy, item),
+        threshold=rules.threshold(policy, item),
         applied=applied,
+        dead_letter=rules.dead_lettered(policy, item, requested),
     )
 
 
 def recover(state: State, item: WorkItem, now: float, strategy: str, reason: str) -> Recovery:
-    """Apply one strategy to one active item."""
+    """Apply one strategy to one active item (past max_recoveries: fail, dead letter)."""
     _check_strategy(strategy)
-    chosen = rules.effective_strategy(state.policy, item, strategy)
-    report = _report(state, item, now, chosen, applied=chosen != Strategy.NONE)
-    match chosen:
+    report = _report(state, item, now, strategy, applied=True)
+    report.applied = report.strategy != Strategy.NONE
+    match report.strategy:
         case Strategy.REASSIGN:
             state.recover_reassign(item, now, reason)
         case Strategy.RETRY:
             state.recover_retry(item, now, reason)
+        case Strategy.FAIL if report.dead_letter:
+            limit = rules.max_recoveries(state.policy, item)
+            why = f"{rules.TOO_MANY_RECOVERIES}: recovered {item.recoveries} times"
+            why += f" (max_recoveries {limit}); last: {reason}"
+            state.recover_fail(item, now, why, result=rules.TOO_MANY_RECOVERIES)
         case Strategy.FAIL:
             state.recover_fail(item, now, reason)
     return report
@@ -100,8 +108,7 @@ def recover_stale(
     reports = []
     for item in targets:
         if dry_run:
-            chosen = rules.effective_strategy(state.policy, item, strategy)
-            reports.append(_report(state, item, now, chosen, applied=False))
+            reports.append(_report(state, item, now, strategy, applied=False))
             continue
         silent = state.silent_for(item, now)
         reason = f"recover-stale {strategy} by operator (silent {silent:.0f}s)"

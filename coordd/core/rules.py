@@ -8,8 +8,15 @@ change "when is an item stale" opens this file and no other.
 Threshold sources, most specific first: the item's own ``stale_after`` (given at
 claim time), its work type's ``stale_threshold`` in the config file, the global
 ``stale_threshold``. Strategy sources: the work type's ``recovery``, then the
-global ``recovery``; ``retry`` escalates to ``retry_escalation`` once an item has
-been retried ``max_retries`` times.
+global ``recovery``. One rule caps how often an item is recovered
+(``effective_strategy``): an item already recovered ``max_recoveries`` times (work
+type, then global; every strategy counts) is dead-lettered, its next recovery a
+``fail`` with reason ``too_many_recoveries``; below that, ``retry`` escalates to
+``retry_escalation`` once an item has been retried ``max_retries`` times (a tighter
+cap on retries alone).
+
+Thresholds against heartbeats: a threshold under ``MIN_BEATS_PER_THRESHOLD`` heartbeat
+intervals recovers work from agents that are alive (one late heartbeat is enough).
 
 Two clocks (``coordd.clock``): every judgement is made on the monotonic clock of this
 run. ``now`` and ``heard`` (when an active item was last heard of, kept per item by
@@ -35,6 +42,9 @@ from coordd.kinds import Status, Strategy
 STRATEGIES = tuple(Strategy)
 # What ``retry`` may escalate to (escalating to retry again would never end).
 ESCALATIONS = (Strategy.REASSIGN, Strategy.FAIL, Strategy.NONE)
+# A threshold must cover this many heartbeat intervals, or one late beat recovers work.
+MIN_BEATS_PER_THRESHOLD = 2
+TOO_MANY_RECOVERIES = "too_many_recoveries"
 
 
 class TypeRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,6 +52,7 @@ class TypeRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     stale_threshold: float | None = None
     recovery: str | None = None
+    max_recoveries: int | None = None
 
 
 class Policy(msgspec.Struct, kw_only=True):
@@ -51,6 +62,9 @@ class Policy(msgspec.Struct, kw_only=True):
     recovery: str = Strategy.REASSIGN
     max_retries: int = 3
     retry_escalation: str = Strategy.FAIL
+    max_recoveries: int = 3
+    # The configured heartbeat interval: what an agent that declared none is held to.
+    heartbeat_interval: float = 60.0
     work_types: dict[str, TypeRule] = {}
 
 
@@ -72,11 +86,68 @@ def strategy(policy: Policy, item: WorkItem) -> str:
     return policy.recovery
 
 
+def max_recoveries(policy: Policy, item: WorkItem) -> int:
+    """How many recoveries ``item`` may have before the next one dead-letters it."""
+    rule = policy.work_types.get(item.work_type)
+    if rule is not None and rule.max_recoveries is not None:
+        return rule.max_recoveries
+    return policy.max_recoveries
+
+
+def dead_lettered(policy: Policy, item: WorkItem, requested: str) -> bool:
+    """Whether this recovery would be one too many (``none`` recovers nothing)."""
+    return requested != Strategy.NONE and item.recoveries >= max_recoveries(policy, item)
+
+
 def effective_strategy(policy: Policy, item: WorkItem, requested: str) -> str:
-    """``retry`` past ``max_retries`` becomes the escalation strategy."""
+    """The one recovery rule: past ``max_recoveries`` every strategy is ``fail``
+    (dead letter); below it, ``retry`` past ``max_retries`` is the escalation."""
+    if dead_lettered(policy, item, requested):
+        return Strategy.FAIL
     if requested == Strategy.RETRY and item.retry_count >= policy.max_retries:
         return policy.retry_escalation
     return requested
+
+
+def too_short(threshold_s: float, interval: float) -> bool:
+    """Whether heartbeats every ``interval`` seconds cannot keep ``threshold_s`` fresh."""
+    return threshold_s < MIN_BEATS_PER_THRESHOLD * interval
+
+
+def threshold_warnings(policy: Policy) -> list[str]:
+    """Thresholds (global, per type) the configured heartbeats cannot keep fresh."""
+    interval = policy.heartbeat_interval
+    found = [("stale_threshold", policy.stale_threshold)] + [
+        (f"work_types.{name}.stale_threshold", rule.stale_threshold)
+        for name, rule in sorted(policy.work_types.items())
+        if rule.stale_threshold is not None
+    ]
+    return [
+        f"{key} = {value:g}s is below {MIN_BEATS_PER_THRESHOLD} x heartbeat_interval"
+        f" ({interval:g}s): items of agents that are alive would be recovered"
+        for key, value in found
+        if too_short(value, interval)
+    ]
+
+
+def claim_threshold_refusal(
+    stale_after: float | None, declared: float | None, policy: Policy, agent_id: str
+) -> str | None:
+    """Why a claim with this ``stale_after`` is refused (None: accepted): the claiming
+    agent's heartbeats (its declared interval, else the configured one) could not keep
+    the item fresh."""
+    if stale_after is None:
+        return None
+    interval = declared if declared is not None else policy.heartbeat_interval
+    if not too_short(stale_after, interval):
+        return None
+    source = "declared by the agent" if declared is not None else "configured"
+    return (
+        f"stale_after {stale_after:g}s is below {MIN_BEATS_PER_THRESHOLD} x the heartbeat"
+        f" interval of {agent_id} ({interval:g}s, {source}): the item would be recovered"
+        f" while its agent is alive; use at least {MIN_BEATS_PER_THRESHOLD * interval:g}s"
+        " or heartbeat more often"
+    )
 
 
 def last_heard(item: WorkItem) -> float:
@@ -144,6 +215,8 @@ def validate_policy(policy: Policy) -> list[str]:
         )
     if policy.max_retries < 0:
         problems.append(f"max_retries must be >= 0, got {policy.max_retries}")
+    if policy.max_recoveries < 0:
+        problems.append(f"max_recoveries must be >= 0, got {policy.max_recoveries}")
     for name, rule in policy.work_types.items():
         if rule.recovery is not None and rule.recovery not in STRATEGIES:
             problems.append(
@@ -151,4 +224,6 @@ def validate_policy(policy: Policy) -> list[str]:
             )
         if rule.stale_threshold is not None and not 0 < rule.stale_threshold < math.inf:
             problems.append(f"work_types.{name}.stale_threshold must be > 0 seconds and finite")
+        if rule.max_recoveries is not None and rule.max_recoveries < 0:
+            problems.append(f"work_types.{name}.max_recoveries must be >= 0")
     return problems

@@ -24,7 +24,7 @@ The policy, the restart grace and a restore change through methods that keep the
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -50,12 +50,18 @@ from coordd.core.model import (
     PutAgent,
     PutItem,
     Record,
+    Revocation,
     UnknownAgent,
     UnknownWork,
     WorkItem,
 )
 from coordd.core.rules import Policy
-from coordd.kinds import PRIORITY_RANK, Priority, Status
+from coordd.kinds import PRIORITY_RANK, Priority, Status, Strategy
+
+# Recently recovered items remembered for ``check-stale`` and the dashboard.
+RECENT_RECOVERIES = 10_000
+# Lost leases kept per agent until its next agent-level heartbeat asks.
+LOST_PER_AGENT = 1000
 
 # On Python 3.11 reading ``Status.ACTIVE`` costs ~75 ns (EnumType defines __getattr__, so
 # every class attribute read goes through a Python-level hook): a quarter of a heartbeat's
@@ -91,6 +97,12 @@ class State:
         self.applied: OrderedDict[str, Applied] = OrderedDict()
         self.records: list[Record] = []
         self.events: list[Event] = []
+        # Leases lost to recoveries: pushed by the edge once durable (``take_revocations``)
+        # and answered to the agent's next agent-level heartbeat (``take_lost``).
+        self.revocations: list[Revocation] = []
+        self.lost: dict[str, list[Revocation]] = {}
+        # Ids of recently recovered items, oldest first (a view's index: rebuilt at load).
+        self.recent: deque[str] = deque(maxlen=RECENT_RECOVERIES)
         self.counters: dict[str, int] = {
             "heartbeats": 0,
             "claims": 0,
@@ -106,6 +118,10 @@ class State:
         if policy == self.policy:
             return False
         self.policy = policy
+        # Items left stale under ``none`` are judged again by the new policy: one that
+        # now has a strategy is recovered at the next tick (if still silent past its
+        # threshold), instead of staying stale for ever.
+        self._revive_stale(lambda item: rules.strategy(policy, item) != Strategy.NONE)
         # Deadlines were queued under the old thresholds: a shorter one must act now,
         # not when its old entry surfaces. (~1 s per million active items.)
         self._ix.requeue(self.items, self.policy, self.not_before)
@@ -121,13 +137,24 @@ class State:
         return now + self.wall_offset
 
     def start_grace(self, now: float) -> None:
-        """Start the restart grace at ``now``: silence before it is not counted."""
+        """Start the restart grace at ``now``: silence before it is not counted, for
+        every active item, stale ones included (they were judged under the old run's
+        policy; the grace over, the current one applies)."""
         moved_back = now < self.not_before
         self.not_before = now
+        self._revive_stale(lambda _item: True)
         # A later grace only moves deadlines later, so every heap entry is still early
         # or on time (re-queued when it surfaces); an earlier one would leave late ones.
         if moved_back:
             self._ix.requeue(self.items, self.policy, self.not_before)
+
+    def _revive_stale(self, which: Any) -> None:
+        """Unmark the stale items ``which`` selects and queue them at their deadline."""
+        for wid in [w for w in self._ix.stale if which(self.items[w])]:
+            item = self.items[wid]
+            item.stale_since = None
+            self._ix.unmark_stale(wid)
+            self._ix.queue(wid, self.deadline(item))
 
     def restore(
         self,
@@ -154,6 +181,11 @@ class State:
             self.apply_record(rec)
             n += 1
         self.rebuild_indexes()
+        recovered = sorted(
+            (i for i in self.items.values() if i.recovered_at is not None),
+            key=lambda i: i.recovered_at or 0.0,
+        )
+        self.recent = deque((i.work_item_id for i in recovered), maxlen=RECENT_RECOVERIES)
         return n
 
     # --- freshness, as the rules judge it with this state's policy and grace --------
@@ -372,15 +404,19 @@ class State:
         agent_id: str,
         now: float,
         team: str = "",
-        capacity: int = 100,
+        capacity: int | None = None,
         specialization: str = "",
+        heartbeat_interval: float | None = None,
     ) -> Agent:
-        """Create or update an agent."""
-        if capacity < 0:
+        """Create or update an agent (``None``: keep what it has)."""
+        if capacity is not None and capacity < 0:
             raise BadRequest("capacity must be >= 0")
         agent = self._ensure_agent(agent_id, now, team)
         agent.team = team or agent.team
-        agent.capacity = capacity
+        if capacity is not None:
+            agent.capacity = capacity
+        if heartbeat_interval is not None:
+            agent.heartbeat_interval = heartbeat_interval
         agent.specialization = specialization or agent.specialization
         agent.status = "active"
         agent.last_heartbeat = now + self.wall_offset
@@ -437,6 +473,12 @@ class State:
         when each of those items has completed with result ``success``."""
         self._check_priority(priority)
         self._check_stale_after(stale_after)
+        known = self.agents.get(agent_id)
+        refusal = rules.claim_threshold_refusal(
+            stale_after, known.heartbeat_interval if known else None, self.policy, agent_id
+        )
+        if refusal is not None:
+            raise BadRequest(refusal)
         self._check_new_item(work_item_id, description)
         after = self._check_after(work_item_id, after)
         unmet = [d for d in after or () if not rules.dependency_met(self.items.get(d))]
@@ -512,13 +554,15 @@ class State:
         work_item_id: str | None = None,
         lease: int | None = None,
         progress: int | None = None,
+        checkpoint: str | None = None,
     ) -> int:
         """Refresh an agent (and all it holds) or one item. Returns items refreshed.
 
-        Touches memory only (no journal record) unless ``progress`` changes: a heartbeat
-        lost in a crash costs at most one interval of freshness, never data.
+        Touches memory only (no journal record) unless ``progress`` or ``checkpoint``
+        changes: a heartbeat lost in a crash costs at most one interval of freshness,
+        never data.
         """
-        n = self._heartbeat(agent_id, now, work_item_id, lease, progress)
+        n = self._heartbeat(agent_id, now, work_item_id, lease, progress, checkpoint)
         if self.heartbeat_events:
             self._emit(
                 "heartbeat",
@@ -537,9 +581,12 @@ class State:
         work_item_id: str | None,
         lease: int | None,
         progress: int | None,
+        checkpoint: str | None = None,
     ) -> int:
         agent = self.agents.get(agent_id)
         if work_item_id is None:
+            if checkpoint is not None:
+                raise BadRequest("a checkpoint belongs to an item: name work_item_id")
             if agent is None:
                 raise UnknownAgent(f"no agent {agent_id!r}; register or claim first")
             agent.last_heartbeat = now + self.wall_offset
@@ -557,6 +604,7 @@ class State:
             and item.status == _ACTIVE
             and item.stale_since is None
             and (progress is None or progress == item.progress)
+            and (checkpoint is None or checkpoint == item.checkpoint)
         ):
             # The common case in one test (the holder refreshing a fresh item): what the
             # general path below would do, without its calls. Heartbeats are the hot path.
@@ -571,8 +619,13 @@ class State:
         if agent is not None:
             agent.last_heartbeat = now + self.wall_offset
         self._refresh(item, now)
+        changed = checkpoint is not None and checkpoint != item.checkpoint
+        if changed:
+            item.checkpoint = checkpoint
         if progress is not None and progress != item.progress:
-            self._set_progress(item, progress, None)
+            self._set_progress(item, progress, None)  # journals the checkpoint with it
+        elif changed:
+            self._put(item)
         self.counters["heartbeats"] += 1
         return 1
 
@@ -632,10 +685,13 @@ class State:
         agent_id: str | None = None,
         lease: int | None = None,
         stage: str | None = None,
+        checkpoint: str | None = None,
     ) -> WorkItem:
-        """Record progress (0-100); counts as a heartbeat."""
+        """Record progress (0-100) and the checkpoint if given; counts as a heartbeat."""
         item = self.get(work_item_id)
         self._check_holder(item, agent_id, lease, now)
+        if checkpoint is not None:
+            item.checkpoint = checkpoint
         self._set_progress(item, progress, stage)
         self._refresh(item, now)
         return item
@@ -752,9 +808,10 @@ class State:
 
     def recover_reassign(self, item: WorkItem, now: float, reason: str) -> None:
         """Back to pending for another agent; the old holder is fenced off."""
-        holder = item.agent_id
+        holder, lease = item.agent_id, item.lease
         self._to_pending(item)
-        self._mark_recovered(item, now, reason, holder, "reassign")
+        self._mark_recovered(item, now, reason, holder, Strategy.REASSIGN)
+        self._revoke(item, holder, lease, reason, Strategy.REASSIGN)
 
     def recover_retry(self, item: WorkItem, now: float, reason: str) -> None:
         """Same agent starts over: progress 0, one more retry, fresh heartbeat."""
@@ -764,24 +821,34 @@ class State:
         item.last_heartbeat = now + self.wall_offset
         item.stale_since = None
         self._index(item, now)
-        self._mark_recovered(item, now, reason, None, "retry")
+        self._mark_recovered(item, now, reason, None, Strategy.RETRY)
 
-    def recover_fail(self, item: WorkItem, now: float, reason: str) -> None:
-        """Give up: status failed, released, logged with result ``failed_stale``."""
-        holder = item.agent_id
+    def recover_fail(
+        self, item: WorkItem, now: float, reason: str, result: str = "failed_stale"
+    ) -> None:
+        """Give up: status failed, released, logged with ``result`` (``failed_stale``,
+        or ``too_many_recoveries`` for a dead letter)."""
+        holder, lease = item.agent_id, item.lease
         item.recovery_reason = reason
         item.recovered_at = now + self.wall_offset
         item.recovered_from = holder
+        item.recoveries += 1
+        item.recovery_strategy = Strategy.FAIL
+        self.recent.append(item.work_item_id)
         # Released: a new lease fences off the silent holder should it come back.
         item.lease = self._next_lease()
-        self._finish(item, now, Status.FAILED, "failed_stale", 0)
+        self._finish(item, now, Status.FAILED, result, 0)
         self._emit("recovered", now, item, agent_id=holder, detail="fail")
+        self._revoke(item, holder, lease, reason, Strategy.FAIL)
 
     def _mark_recovered(
         self, item: WorkItem, now: float, reason: str, holder: str | None, strategy: str
     ) -> None:
         item.recovery_reason = reason
         item.recovered_at = now + self.wall_offset
+        item.recoveries += 1
+        item.recovery_strategy = strategy
+        self.recent.append(item.work_item_id)
         if holder is not None:
             item.recovered_from = holder
         self._put(item)
@@ -834,6 +901,40 @@ class State:
         while k < len(log) and log[k].completed_at < rec.log_before:
             k += 1
         del log[:k]
+
+    # --- revocations --------------------------------------------------------------
+
+    def _revoke(
+        self, item: WorkItem, holder: str | None, lease: int, reason: str, strategy: str
+    ) -> None:
+        """The holder lost ``lease``: queue the push, keep it for its next heartbeat."""
+        if holder is None:
+            return
+        rev = Revocation(
+            work_item_id=item.work_item_id,
+            lease=lease,
+            agent_id=holder,
+            reason=reason,
+            strategy=strategy,
+        )
+        self.revocations.append(rev)
+        lost = self.lost.setdefault(holder, [])
+        lost.append(rev)
+        if len(lost) > LOST_PER_AGENT:
+            del lost[0]
+
+    def take_revocations(self) -> list[Revocation]:
+        """The leases lost since the last call, each with the item's holder now."""
+        out, self.revocations = self.revocations, []
+        for rev in out:
+            item = self.items.get(rev.work_item_id)
+            if item is not None and item.status == Status.ACTIVE and item.agent_id != rev.agent_id:
+                rev.new_holder = item.agent_id
+        return out
+
+    def take_lost(self, agent_id: str) -> list[Revocation]:
+        """What ``agent_id`` lost since it last asked (its agent-level heartbeat)."""
+        return self.lost.pop(agent_id, [])
 
     # --- reads -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from coordd.core import rules
 from coordd.core.model import BadRequest, WorkItem
 from coordd.core.recovery import stale_items
 from coordd.core.state import State
+from coordd.kinds import Status, Strategy
 
 # Silent past this share of its threshold, an item is "potentially stale".
 WARN_RATIO = 0.5
@@ -80,6 +81,59 @@ def _entry(state: State, item: WorkItem, now: float) -> StaleEntry:
         strategy=rules.effective_strategy(policy, item, rules.strategy(policy, item)),
         stale_since=item.stale_since,
         last_heartbeat=item.last_heartbeat,
+    )
+
+
+class RecoveredEntry(msgspec.Struct, kw_only=True):
+    """One recent recovery as ``check-stale`` and the dashboard show it: when, why
+    (the reason names the silence and the threshold), from whom, to whom."""
+
+    work_item_id: str
+    work_type: str
+    description: str
+    recovered_at: float
+    strategy: str | None
+    reason: str | None
+    recovered_from: str | None
+    # Who holds it now because of the recovery: the new holder after a reassign (None
+    # while pending), the same agent after a retry, None after a fail.
+    now_held_by: str | None
+    status: str
+    recoveries: int
+
+
+def recent_recoveries(state: State, now: float, window: float) -> list[RecoveredEntry]:
+    """Items recovered within ``window`` seconds before ``now``, newest first."""
+    out: list[RecoveredEntry] = []
+    seen: set[str] = set()
+    for wid in reversed(state.recent):
+        item = state.items.get(wid)
+        if item is None or wid in seen or item.recovered_at is None:
+            continue
+        if item.recovered_at < state.wall(now) - window:  # recovered_at is wall time
+            break  # the deque is in recovery order: older ones follow
+        seen.add(wid)
+        out.append(_recovered(item))
+    return out
+
+
+def _recovered(item: WorkItem) -> RecoveredEntry:
+    assert item.recovered_at is not None
+    since = item.claimed_at is not None and item.claimed_at >= item.recovered_at
+    held = item.agent_id if item.status == Status.ACTIVE and since else None
+    if item.recovery_strategy == Strategy.RETRY:
+        held = item.agent_id
+    return RecoveredEntry(
+        work_item_id=item.work_item_id,
+        work_type=item.work_type,
+        description=item.description,
+        recovered_at=item.recovered_at,
+        strategy=item.recovery_strategy,
+        reason=item.recovery_reason,
+        recovered_from=item.recovered_from,
+        now_held_by=held,
+        status=item.status,
+        recoveries=item.recoveries,
     )
 
 

@@ -14,6 +14,7 @@ import msgspec
 import structlog
 
 from coordd.config import Config, ConfigError
+from coordd.core.rules import threshold_warnings
 from coordd.core.state import State
 
 log = structlog.get_logger("coordd")
@@ -27,6 +28,7 @@ RELOADABLE = frozenset(
         "recovery",
         "max_retries",
         "retry_escalation",
+        "max_recoveries",
         "work_types",
         # durability policy that the journal reads on each write
         "snapshot_interval",
@@ -70,6 +72,8 @@ def reload(cfg: Config, load: Callable[[], Config] | None, state: State) -> Conf
         return None
     merged, needs_restart = merge(cfg, new)
     state.set_policy(merged.policy())
+    for warning in threshold_warnings(merged.policy()):
+        log.warning("threshold_below_heartbeat", detail=warning)
     log.info(
         "reloaded",
         stale_threshold=merged.stale_threshold,

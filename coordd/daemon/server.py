@@ -33,7 +33,7 @@ import zmq
 from coordd import __version__, keys, protocol
 from coordd.clock import Clock, SystemClock
 from coordd.config import Config
-from coordd.core import recovery
+from coordd.core import recovery, rules
 from coordd.core.model import DomainError, Limits
 from coordd.core.state import State
 from coordd.daemon import ai_edge, handlers, loading, metrics, routes, standby
@@ -64,6 +64,9 @@ PRUNE_BATCH = 10_000
 
 # Request ids remembered at most (besides request_id_ttl): ~150 bytes each in memory.
 REQUEST_IDS_KEPT = 1_000_000
+# Connections remembered per agent as where its heartbeats come from (most recent
+# last): where a revocation is pushed. An SDK agent has one; more is reconnect churn.
+CONNS_PER_AGENT = 8
 
 
 class VersionProbe(msgspec.Struct):
@@ -106,6 +109,10 @@ class Daemon:
         self.metrics = metrics.Sampler()
         self._replies: list[tuple[zmq.Socket[bytes], list[bytes], bytes]] = []
         self.outbox = Outbox(cfg.max_peer_reply_bytes)
+        # agent id -> {routing id: envelope} of the agent-endpoint connections that
+        # heartbeated for it asking for pushes, least recent first: where revocations go.
+        self.beat_conns: dict[str, dict[bytes, list[bytes]]] = {}
+        self.revocations_pushed = 0
         self.curve = Curve(cfg)
         self.agent_keyed = False  # agents connect with CURVE keys, each bound to its id
         self._hup = False
@@ -192,6 +199,7 @@ class Daemon:
             store=cfg.store,
             role="leader" if self.leading else "standby",
         )
+        warn_thresholds(cfg)
 
     def _lock_state_dir(self) -> None:
         try:
@@ -395,6 +403,8 @@ class Daemon:
         heartbeat_type, version = protocol.Heartbeat, protocol.PROTOCOL_VERSION
         blocked = self.outbox.blocked
         budget_end = time.monotonic() + BATCH_SECONDS
+        lost, conns = self.state.lost, self.beat_conns
+        on_agent_sock = sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
             try:
                 envelope = [recv(_NOBLOCK)]
@@ -412,14 +422,26 @@ class Daemon:
                 req = decode(payload)
             except Exception:  # DecodeError, UnicodeDecodeError, RecursionError...
                 req = None  # _handle decodes again and answers with the reason
-            if type(req) is heartbeat_type and not req.ack and req.v == version:
+            if (
+                type(req) is heartbeat_type
+                and not req.ack
+                and req.v == version
+                and not (lost and req.work_item_id is None and req.agent_id in lost)
+            ):
                 # The hot path, most of what coordd receives: a one-way heartbeat goes
                 # straight to the state, what handlers.items.heartbeat does without the
                 # table, the wrapper and the reply check (-0.5 us, a fifth of the ingest
                 # cost; Heartbeat is routed with agents=True, so no endpoint check is
-                # skipped). Refusals and bugs are answered exactly as in _handle.
+                # skipped). Refusals and bugs are answered exactly as in _handle; an
+                # agent that lost leases is answered by the handler.
+                if on_agent_sock and req.push:
+                    known = conns.get(req.agent_id)
+                    if known is None or next(reversed(known)) != envelope[0]:
+                        self._note_conn(req.agent_id, envelope)
                 try:
-                    heartbeat(req.agent_id, now, req.work_item_id, req.lease, req.progress)
+                    heartbeat(
+                        req.agent_id, now, req.work_item_id, req.lease, req.progress, req.checkpoint
+                    )
                 except Exception as e:
                     self._failed(sock, envelope, req, e)
                 continue
@@ -521,6 +543,8 @@ class Daemon:
             if refusal is not None:
                 self._reply(sock, envelope, Error(code="not_allowed", message=refusal))
                 return
+        if not from_control and type(req) in _BEATS and req.push:
+            self._note_conn(req.agent_id, envelope)
         rid = req.request_id
         if rid is not None and (known := self.state.reply_for(rid)) is not None:
             # A resend (timeout, failover): the first answer again, nothing applied twice.
@@ -575,6 +599,39 @@ class Daemon:
         # Cut the decoder's words: they may quote a huge value back at its sender.
         return Error(code="bad_request", message=f"malformed request: {str(e)[:300]}")
 
+    def _note_conn(self, agent_id: str, envelope: list[bytes]) -> None:
+        """Remember ``envelope``'s connection as the most recent to heartbeat for
+        ``agent_id`` (at most CONNS_PER_AGENT kept: the least recent goes)."""
+        known = self.beat_conns.setdefault(agent_id, {})
+        known.pop(envelope[0], None)
+        known[envelope[0]] = envelope
+        if len(known) > CONNS_PER_AGENT:
+            del known[next(iter(known))]
+
+    def _push_revocations(self) -> None:
+        """Tell each lost lease to the connections that heartbeated for its holder.
+        Called once the batch's records are appended (fsynced under ``always``), so a
+        holder is never told of a recovery that a crash could undo."""
+        for rev in self.state.take_revocations():
+            known = self.beat_conns.get(rev.agent_id)
+            if not known:
+                continue
+            payload = self.codec.encode(
+                protocol.Revoked(
+                    work_item_id=rev.work_item_id,
+                    lease=rev.lease,
+                    agent_id=rev.agent_id,
+                    reason=rev.reason,
+                    strategy=rev.strategy,
+                    new_holder=rev.new_holder,
+                )
+            )
+            # Through the outbox like a reply: in order with the peer's replies, held
+            # (bounded) for a slow reader, dropped for a connection that is gone.
+            for envelope in known.values():
+                self._replies.append((self.agent_sock, envelope, payload))
+                self.revocations_pushed += 1
+
     def _reply(self, sock: zmq.Socket[bytes], envelope: list[bytes], reply: Any) -> None:
         self._replies.append((sock, envelope, self.codec.encode(reply)))
 
@@ -589,6 +646,8 @@ class Daemon:
                 # then the daemon stops (its memory is ahead of what is stored).
                 self._refuse_waiting(f"not acknowledged: {e}")
                 raise
+        if self.state.revocations:  # told once the recoveries are durable
+            self._push_revocations()
         self._send_replies()
         publish = self.publisher.publish
         for ev in events:
@@ -642,6 +701,16 @@ class Daemon:
                 holder.cfg = new
             self.ai.reconfigure(new)
         self.notifier.ready(self._status_line())
+
+
+# Requests whose connection is remembered as where its agent's revocations go.
+_BEATS = (protocol.Heartbeat, protocol.HeartbeatBatch)
+
+
+def warn_thresholds(cfg: Config) -> None:
+    """A threshold under two heartbeat intervals recovers live agents' work: say so."""
+    for warning in rules.threshold_warnings(cfg.policy()):
+        log.warning("threshold_below_heartbeat", detail=warning)
 
 
 def _limits(cfg: Config) -> Limits:

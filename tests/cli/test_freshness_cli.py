@@ -36,8 +36,8 @@ def claim(d: CoorddProcess, *args: str, env: dict[str, str] | None = None) -> di
     return dict(json.loads(r.stdout))
 
 
-def pid_file(d: CoorddProcess) -> Path:
-    return d.dir / "heartbeat_daemon.pid"
+def pid_file(d: CoorddProcess, agent_id: str = "shell_agent") -> Path:
+    return d.dir / f"heartbeat_daemon.{agent_id}.pid"
 
 
 def pid_alive(pid: int) -> bool:
@@ -49,8 +49,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_heartbeater(d: CoorddProcess) -> None:
-    if pid_file(d).exists():
-        d.ctl("heartbeat-stop")
+    d.ctl("heartbeat-stop", "--all")
 
 
 def test_old_script_scenario(coordd_factory: Any) -> None:
@@ -71,7 +70,7 @@ def test_old_script_scenario(coordd_factory: Any) -> None:
         dash = d.ctl("freshness-dashboard", env=SHELL)
         assert dash.returncode == 0, dash.stderr
         assert "active 1: 1 fresh" in dash.stdout and "0 stale" in dash.stdout
-        assert f"heartbeat daemon: running (pid {pid})" in dash.stdout
+        assert f"heartbeat daemon: shell_agent's running (pid {pid})" in dash.stdout
         assert "AI provider: ollama unusable (down)" in dash.stdout
 
         # An item made stale: its agent never heartbeats.
@@ -109,7 +108,7 @@ def test_old_script_scenario(coordd_factory: Any) -> None:
         assert stopped.returncode == 0 and f"stopped (pid {pid})" in stopped.stdout
         assert not pid_file(d).exists() and not pid_alive(pid)
         dash = d.ctl("freshness-dashboard", env=SHELL)
-        assert "heartbeat daemon: not running" in dash.stdout
+        assert "heartbeat daemon: shell_agent's not running; 0 running" in dash.stdout
     finally:
         stop_heartbeater(d)
 
@@ -127,8 +126,8 @@ def test_heartbeat_start_refuses_a_second_and_cleans_a_dead_pid_file(coordd_fact
         assert second.returncode == 1 and "already running" in second.stderr
     finally:
         stop_heartbeater(d)
-    none = d.ctl("heartbeat-stop")
-    assert none.returncode == 0 and "no heartbeat daemon running" in none.stdout
+    none = d.ctl("heartbeat-stop", env=SHELL)
+    assert none.returncode == 0 and "no heartbeat daemon running for shell_agent" in none.stdout
 
 
 def test_heartbeater_stops_with_a_log_line_when_its_lease_is_lost(coordd_factory: Any) -> None:
@@ -140,8 +139,9 @@ def test_heartbeater_stops_with_a_log_line_when_its_lease_is_lost(coordd_factory
     pid = int(pid_file(d).read_text())
     d.ctl("recover-stale", "reassign", "--work", wid)
     wait_for(lambda: not pid_alive(pid) and not pid_file(d).exists())
-    log = (d.dir / "heartbeat_daemon.log").read_text()
-    assert "heartbeater_stopping" in log and "lease_lost" in log
+    log = (d.dir / "heartbeat_daemon.shell_agent.log").read_text()
+    # Told at once by coordd's push (lease_revoked), or at its next beat (lease_lost).
+    assert "heartbeater_stopping" in log and ("lease_revoked" in log or "lease_lost" in log)
 
 
 def test_claim_enhanced_warns_claims_and_starts_the_heartbeater(coordd_factory: Any) -> None:
@@ -252,7 +252,7 @@ def test_events_shows_stale_detected_and_recovered_lines(coordd_factory: Any) ->
         if proc.poll() is not None:
             break
         if n % 25 == 0:
-            claim(d, "t", f"will go stale {n}", "--agent", "ghost", "--stale-after", "0.1")
+            claim(d, "t", f"will go stale {n}", "--agent", "ghost", "--stale-after", "0.2")
         time.sleep(0.02)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err

@@ -11,8 +11,8 @@ from coordd.core.state import State
 from coordd.daemon import reload
 
 
-def _state_with_claim(threshold: float) -> tuple[State, str]:
-    s = State(Policy(stale_threshold=threshold))
+def _state_with_claim(threshold: float, recovery: str = "reassign") -> tuple[State, str]:
+    s = State(Policy(stale_threshold=threshold, recovery=recovery))
     item = s.claim("a1", "t", "d", now=1000.0)
     return s, item.work_item_id
 
@@ -37,12 +37,12 @@ def test_a_longer_threshold_postpones_staleness() -> None:
 
 
 def test_requeue_keeps_stale_items_out_and_heartbeats_in() -> None:
-    s, stale_id = _state_with_claim(10.0)
+    s, stale_id = _state_with_claim(10.0, recovery="none")
     fresh = s.claim("a2", "t", "d", now=1005.0)
     (expired,) = s.pop_expired(1011.0)
     s.mark_stale(expired, 1011.0)  # as strategy "none" does: stale, still held
     s.heartbeat("a2", 1011.0, fresh.work_item_id)
-    s.set_policy(Policy(stale_threshold=5.0))
+    s.set_policy(Policy(stale_threshold=5.0, recovery="none"))
     assert s.pop_expired(1015.0) == []
     assert [i.work_item_id for i in s.pop_expired(1016.0)] == [fresh.work_item_id]
     assert s.items[stale_id].stale_since == 1011.0

@@ -42,6 +42,7 @@ def test_scrape_after_a_scenario_shows_the_right_counts(coordd_factory: Any) -> 
             "log_format": "json",
             "stale_threshold": 30,
             "tick_interval": 0.05,
+            "heartbeat_interval": 0.1,  # so a 0.3 s stale_after is accepted (issue 15)
         }
     )
     port = _port(d)

@@ -13,7 +13,12 @@ from coordd.daemon.routes import Context, route
 @route(p.CheckStale, agents=True)
 def check_stale(ctx: Context, req: p.CheckStale, now: float) -> Any:
     # "now" is shown to people (the report's time): wall time; silences are monotonic.
-    return {"now": ctx.state.wall(now), "stale": views.stale_report(ctx.state, now)}
+    return {
+        "now": ctx.state.wall(now),
+        "stale": views.stale_report(ctx.state, now),
+        "window": req.window,
+        "recovered": views.recent_recoveries(ctx.state, now, req.window),
+    }
 
 
 @route(p.RecoverStale)
@@ -27,6 +32,8 @@ def dashboard(ctx: Context, req: p.Freshness, now: float) -> Any:
     return {
         "now": ctx.state.wall(now),
         "dashboard": views.dashboard(ctx.state, now, limit=req.limit),
+        "window": req.window,
+        "recovered": views.recent_recoveries(ctx.state, now, req.window),
         "stale_threshold": policy.stale_threshold,
         "recovery": policy.recovery,
         "heartbeat_interval": ctx.cfg.heartbeat_interval,

@@ -16,13 +16,23 @@ from coordd.daemon.routes import NO_REPLY, Context, acting_agent, log_refused, r
 
 @route(p.Register, agents=True)
 def register(ctx: Context, req: p.Register, now: float) -> Any:
-    return ctx.state.register(req.agent_id, now, req.team, req.capacity, req.specialization)
+    return ctx.state.register(
+        req.agent_id, now, req.team, req.capacity, req.specialization, req.heartbeat_interval
+    )
 
 
 @route(p.Heartbeat, agents=True)
 def heartbeat(ctx: Context, req: p.Heartbeat, now: float) -> Any:
-    # The loop's hot path does the same for a one-way heartbeat without this call.
-    n = ctx.state.heartbeat(req.agent_id, now, req.work_item_id, req.lease, req.progress)
+    # The loop's hot path does the same for a one-way heartbeat without this call (and
+    # sends here an agent-level one whose agent lost leases, so that it is answered).
+    state = ctx.state
+    n = state.heartbeat(
+        req.agent_id, now, req.work_item_id, req.lease, req.progress, req.checkpoint
+    )
+    lost = state.take_lost(req.agent_id) if req.work_item_id is None else []
+    if lost:
+        # Something is wrong, so it is answered even one-way: the agent lost these.
+        return {"refreshed": n, "lost": lost}
     return {"refreshed": n} if req.ack else NO_REPLY
 
 
@@ -83,7 +93,9 @@ def claim_next(ctx: Context, req: p.ClaimNext, now: float) -> Any:
 @route(p.Progress, agents=True)
 def progress(ctx: Context, req: p.Progress, now: float) -> Any:
     agent = acting_agent(ctx, req)
-    return ctx.state.progress(req.work_item_id, req.progress, now, agent, req.lease, req.status)
+    return ctx.state.progress(
+        req.work_item_id, req.progress, now, agent, req.lease, req.status, req.checkpoint
+    )
 
 
 @route(p.Complete, agents=True)
