@@ -228,6 +228,13 @@ class Release(Request, tag="release"):
     lease: Lease | None = None
 
 
+class Retry(Request, tag="retry"):
+    """Put a failed item (the dead-letter view: ``list --status failed``) back to
+    pending: progress and recovery counts reset, the checkpoint kept. Operators only."""
+
+    work_item_id: Id
+
+
 # --- reads ------------------------------------------------------------------
 
 

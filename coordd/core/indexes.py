@@ -148,6 +148,10 @@ class Indexes:
         self.n_other[status] -= 1
         self.finished.pop(wid, None)
 
+    def uncount_finished(self, status: str) -> None:
+        """One item fewer in no index (a failed item put back to pending)."""
+        self.n_other[status] = self.n_other.get(status, 0) - 1
+
     def queue(self, wid: str, deadline: float) -> None:
         """Give an active item its one live heap entry."""
         self.live[wid] = deadline

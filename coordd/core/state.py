@@ -788,6 +788,28 @@ class State:
         self._emit("released", now, item, agent_id=agent_id)
         return item
 
+    def retry(self, work_item_id: str, now: float) -> WorkItem:
+        """Put a failed item (dead-lettered or not) back to pending: progress, retries
+        and recoveries start again from 0; the checkpoint is kept for the next holder."""
+        item = self.get(work_item_id)
+        if item.status != Status.FAILED:
+            raise Conflict(f"{work_item_id} is {item.status}; only failed items can be retried")
+        self._ix.uncount_finished(item.status)
+        item.status = Status.PENDING
+        item.agent_id = None
+        item.progress = 0
+        item.completed_at = None
+        item.result = None
+        item.velocity_points = None
+        item.retry_count = 0
+        item.recoveries = 0
+        item.stale_since = None
+        item.lease = self._next_lease()
+        self._index(item)
+        self._put(item)
+        self._emit("retried", now, item)
+        return item
+
     def _to_pending(self, item: WorkItem) -> None:
         self._unindex(item)
         item.status = Status.PENDING

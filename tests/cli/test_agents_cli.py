@@ -287,7 +287,7 @@ def test_check_stale_lists_what_was_recovered_and_exits_0(coordd_factory: Any) -
 # --- checkpoints: written by one agent, handed to the next -------------------------------------
 
 
-def test_a_checkpoint_goes_from_a_killed_agent_to_the_next(
+def test_a_checkpoint_goes_from_a_killed_agent_to_the_next_and_survives_retry(
     coordd_factory: Any,
 ) -> None:
     d = coordd_factory(FAST)
@@ -313,11 +313,21 @@ def test_a_checkpoint_goes_from_a_killed_agent_to_the_next(
         assert taken.item["checkpoint"] == taken.checkpoint == "branch feature/x, step 3 of 5"
         shown = d.ctl("show", wid)
         assert "checkpoint:" in shown.stdout and "step 3 of 5" in shown.stdout
-        # An operator takes it back (B is told at once); it keeps the checkpoint.
-        d.call(protocol.RecoverStale(strategy="reassign", work_item_id=wid))
+        # An operator fails it for good (B is told at once); retry puts it back with
+        # progress reset and the checkpoint kept.
+        d.call(protocol.RecoverStale(strategy="fail", work_item_id=wid))
         assert taken.lost.wait(5) and taken.revoked is not None
+    dead = d.ctl("list", "--status", "failed")
+    assert wid in dead.stdout and "failed_stale" in dead.stdout
+    again = d.ctl("retry", wid)
+    assert again.returncode == 0, again.stderr
+    assert "pending again" in again.stdout and "checkpoint kept" in again.stdout
     item = show(d, wid)
-    assert (item["status"], item["checkpoint"]) == ("pending", "branch feature/x, step 3 of 5")
+    assert (item["status"], item["progress"], item["checkpoint"]) == (
+        "pending",
+        0,
+        "branch feature/x, step 3 of 5",
+    )
     # coordctl run hands it to its command as $COORDD_CHECKPOINT.
     out = d.base / "seen.txt"
     r = d.ctl(
@@ -328,7 +338,7 @@ def test_a_checkpoint_goes_from_a_killed_agent_to_the_next(
     assert out.read_text().strip() == "branch feature/x, step 3 of 5"
 
 
-def test_a_dead_letter_is_listed(coordd_factory: Any) -> None:
+def test_a_dead_letter_is_listed_and_retried(coordd_factory: Any) -> None:
     d = coordd_factory({**FAST, "max_recoveries": 1})
     wid = d.call(protocol.Add(work_type="t", description="bounces"))["work_item_id"]
     for n in range(2):
@@ -338,6 +348,8 @@ def test_a_dead_letter_is_listed(coordd_factory: Any) -> None:
     assert item["status"] == "failed" and item["result"] == "too_many_recoveries"
     dead = d.ctl("list", "--status", "failed")
     assert wid in dead.stdout and "too_many_recoveries" in dead.stdout
+    assert d.ctl("retry", wid).returncode == 0
+    assert show(d, wid)["status"] == "pending" and show(d, wid)["recoveries"] == 0
 
 
 def test_revocations_go_only_to_connections_that_asked_for_pushes(

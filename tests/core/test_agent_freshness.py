@@ -12,7 +12,7 @@ import pytest
 from coordd import protocol
 from coordd.config import Config
 from coordd.core import recovery, views
-from coordd.core.model import BadRequest, PutItem
+from coordd.core.model import BadRequest, Conflict, PutItem
 from coordd.core.rules import Policy, TypeRule, threshold_warnings
 from coordd.core.state import State
 from coordd.daemon import handlers, routes
@@ -203,6 +203,32 @@ def test_max_recoveries_per_work_type_and_retry_counts_too() -> None:
     assert first.strategy == "retry" and item.recoveries == 1
     (second,) = recovery.tick(st, T0 + 22)
     assert second.dead_letter and item.status == "failed"
+
+
+def test_retry_puts_a_failed_item_back_keeping_its_checkpoint() -> None:
+    st = fresh(stale_threshold=10, recovery="fail")
+    item = st.claim("a", "t", "d", T0)
+    st.progress(item.work_item_id, 60, T0 + 1, "a", item.lease, checkpoint="step 6")
+    recovery.tick(st, T0 + 12)
+    assert item.status == "failed" and st.counts()["failed"] == 1
+    back = st.retry(item.work_item_id, T0 + 20)
+    assert (back.status, back.progress, back.recoveries, back.checkpoint) == (
+        "pending",
+        0,
+        0,
+        "step 6",
+    )
+    assert back.agent_id is None and back.lease > item.lease - 1
+    assert st.counts()["failed"] == 0 and st.counts()["pending"] == 1
+    assert st.claim_next("b", T0 + 21).checkpoint == "step 6"
+    with pytest.raises(Conflict, match="only failed items"):
+        st.retry(item.work_item_id, T0 + 22)
+
+
+def test_retry_is_routed_for_operators_only() -> None:
+    handlers.load()
+    assert routes.allowed(protocol.Retry, control=True)
+    assert not routes.allowed(protocol.Retry, control=False)
 
 
 # --- revocations -----------------------------------------------------------------------

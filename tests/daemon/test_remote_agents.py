@@ -121,7 +121,7 @@ def test_agent_commands_work_over_curve_from_another_directory(remote: Remote) -
 
 
 def test_operator_commands_say_they_need_the_local_control_socket(remote: Remote) -> None:
-    for args in (("recover-stale", "reassign"), ("snapshot",)):
+    for args in (("recover-stale", "reassign"), ("snapshot",), ("retry", "w1")):
         r = remote.ctl(*args)
         assert r.returncode == 1, r
         assert "is an operator request: it needs the local control socket" in r.stderr

@@ -40,3 +40,8 @@ def dashboard(ctx: Context, req: p.Freshness, now: float) -> Any:
         "tick_interval": ctx.cfg.tick_interval,
         "ai_provider": ctx.cfg.ai_provider,
     }
+
+
+@route(p.Retry)
+def retry(ctx: Context, req: p.Retry, now: float) -> Any:
+    return ctx.state.retry(req.work_item_id, now)
