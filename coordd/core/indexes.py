@@ -144,13 +144,10 @@ class Indexes:
         self.finished[wid] = None
 
     def forget_finished(self, wid: str, status: str) -> None:
-        """A finished item pruned by retention."""
+        """A finished item no longer is: pruned by retention, or a failed one retried
+        (it must leave ``finished`` too, or retention would later prune a live item)."""
         self.n_other[status] -= 1
         self.finished.pop(wid, None)
-
-    def uncount_finished(self, status: str) -> None:
-        """One item fewer in no index (a failed item put back to pending)."""
-        self.n_other[status] = self.n_other.get(status, 0) - 1
 
     def queue(self, wid: str, deadline: float) -> None:
         """Give an active item its one live heap entry."""

@@ -794,7 +794,7 @@ class State:
         item = self.get(work_item_id)
         if item.status != Status.FAILED:
             raise Conflict(f"{work_item_id} is {item.status}; only failed items can be retried")
-        self._ix.uncount_finished(item.status)
+        self._ix.forget_finished(work_item_id, item.status)
         item.status = Status.PENDING
         item.agent_id = None
         item.progress = 0

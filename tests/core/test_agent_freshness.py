@@ -225,6 +225,18 @@ def test_retry_puts_a_failed_item_back_keeping_its_checkpoint() -> None:
         st.retry(item.work_item_id, T0 + 22)
 
 
+def test_a_retried_item_is_not_pruned_by_retention_while_it_is_worked_on() -> None:
+    st = fresh(stale_threshold=10, recovery="fail")
+    item = st.claim("a", "t", "d", T0)
+    recovery.tick(st, T0 + 12)
+    st.retry(item.work_item_id, T0 + 20)
+    again = st.claim_next("b", T0 + 21)
+    # Retention's cut far past the failure: the item is active again, not finished.
+    assert st.prune(before=T0 + 10_000, at_most=100) == 0
+    assert st.get(again.work_item_id).status == "active"
+    assert st.counts()["failed"] == 0
+
+
 def test_retry_is_routed_for_operators_only() -> None:
     handlers.load()
     assert routes.allowed(protocol.Retry, control=True)
