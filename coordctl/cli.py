@@ -37,7 +37,8 @@ COMMAND_MODULES: dict[str, str] = {
         "items",
     ),
     **dict.fromkeys(
-        ("check-stale", "recover-stale", "freshness-dashboard", "claim-enhanced"), "freshness"
+        ("check-stale", "recover-stale", "freshness-dashboard", "claim-enhanced", "retry"),
+        "freshness",
     ),
     **dict.fromkeys(("heartbeat", "heartbeat-start", "heartbeat-stop"), "heartbeat"),
     "run": "run",

@@ -359,6 +359,12 @@ class HeartbeaterView(View):
     agent_id: str | None = None
 
 
+class HeartbeaterList(View):
+    """``heartbeat-stop``: the heartbeaters it stopped (none when none ran)."""
+
+    items: list[HeartbeaterView]
+
+
 # --- freshness -------------------------------------------------------------------------
 
 
@@ -408,6 +414,7 @@ class StaleReport(View):
     stale_count: int
     items: list[StaleEntry]
     recovered_window_seconds: float | None  # null from a daemon that does not report them
+    recovered_count: int
     recovered: list[RecoveredView]
 
 
@@ -427,12 +434,14 @@ def stale_entry(e: dict[str, Any]) -> StaleEntry:
 
 def stale_report(d: dict[str, Any]) -> StaleReport:
     entries = [stale_entry(e) for e in d["stale"]]
+    recovered = recovered_views(d)
     return StaleReport(
         generated_at=_at(d["now"]),
         stale_count=len(entries),
         items=entries,
         recovered_window_seconds=d.get("window"),
-        recovered=recovered_views(d),
+        recovered_count=len(recovered),
+        recovered=recovered,
     )
 
 
@@ -698,9 +707,10 @@ OUTPUTS: dict[str, type[View]] = {
     "snapshot": SnapshotView,
     "heartbeat": HeartbeatView,
     "heartbeat-start": HeartbeaterView,
-    "heartbeat-stop": HeartbeaterView,
+    "heartbeat-stop": HeartbeaterList,
     "check-stale": StaleReport,
     "recover-stale": RecoveryList,
+    "retry": ItemView,
     "freshness-dashboard": DashboardView,
     "claim-enhanced": ClaimEnhancedView,
     "ollama-priorities": AiResultView,

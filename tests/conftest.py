@@ -189,6 +189,17 @@ def coordd_factory(short_tmp: Path) -> Iterator[Any]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+        _stop_heartbeaters(d.dir)
+
+
+def _stop_heartbeaters(coordination_dir: Path) -> None:
+    """Stop the detached heartbeaters a test left running in its directory: they
+    outlive the test's coordd by design (a daemon restart must not stop them)."""
+    for pid_file in coordination_dir.glob("heartbeat_daemon*.pid"):
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+        except (ValueError, IndexError, OSError):
+            pass  # gone already, or not a pid
 
 
 @pytest.fixture

@@ -326,20 +326,20 @@ def _advice_line(advice: dict[str, Any] | None) -> str:
     )
 
 
-@command("retry")
+@command("retry", short_help="Put a failed item (a dead letter) back to pending")
 @click.argument("work_item_id")
 def retry(ctx: Ctx, work_item_id: str, as_json: bool) -> None:
-    """Put a failed item back to pending (sends Retry; control socket only).
+    """Put a failed item back to pending (operators: the local control socket only).
 
     `coordctl list --status failed` is the dead-letter view; progress, retries and
     recoveries start again from 0, the checkpoint is kept for the next holder."""
-    data = call(ctx, protocol.Retry(work_item_id=work_item_id))
+    item = views.item_view(call(ctx, protocol.Retry(work_item_id=work_item_id)))
     emit(
         as_json,
-        data,
+        item,
         lambda i: (
-            f"{i['work_item_id']} is pending again (lease {i['lease']})"
-            + (f"; checkpoint kept: {i['checkpoint']}" if i.get("checkpoint") else "")
+            f"{i.work_item_id} is pending again (lease {i.lease})"
+            + (f"; checkpoint kept: {i.checkpoint}" if i.checkpoint else "")
         ),
     )
 

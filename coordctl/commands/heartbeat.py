@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 
 from coordctl.base import Ctx, call, command, coordination_dir, emit, fail
 from coordctl.client import EXIT_REFUSED
@@ -241,11 +240,18 @@ def _stop(pid_file: Path) -> int | None:
     return pid
 
 
-class Stopped(msgspec.Struct, kw_only=True):
-    """What ``heartbeat-stop`` stopped: the pids (one agent's, or every one's)."""
+def _stopped(pids: list[tuple[int, str | None]]) -> views.HeartbeaterList:
+    return views.HeartbeaterList(
+        items=[views.HeartbeaterView(running=False, pid=pid, agent_id=a) for pid, a in pids]
+    )
 
-    stopped: list[int]
-    agent_id: str | None = None
+
+def _agent_of(pid_file: Path) -> str | None:
+    """The agent a pid file is named after (None for the old single file's name; an
+    unsafe agent id is named by its hash)."""
+    if pid_file.name == LEGACY_PID_NAME:
+        return None
+    return pid_file.name[len(PID_PREFIX) : -len(".pid")]
 
 
 @command("heartbeat-stop", short_help="Stop the agent's background heartbeater")
@@ -257,10 +263,11 @@ def heartbeat_stop(ctx: Ctx, agent: str | None, all_: bool, as_json: bool) -> No
     Only $AGENT_ID's (or --agent's); --all stops every heartbeater in COORDINATION_DIR.
     """
     if all_:
-        pids = [pid for f in all_pid_files(ctx) if (pid := _stop(f)) is not None]
+        done = [(pid, _agent_of(f)) for f in all_pid_files(ctx) if (pid := _stop(f)) is not None]
+        pids = [pid for pid, _ in done]
         emit(
             as_json,
-            Stopped(stopped=pids),
+            _stopped(done),
             lambda _d: (
                 f"stopped {len(pids)} heartbeat daemon(s)"
                 + (f" (pids {', '.join(map(str, pids))})" if pids else "")
@@ -272,12 +279,11 @@ def heartbeat_stop(ctx: Ctx, agent: str | None, all_: bool, as_json: bool) -> No
         fail("name the agent (--agent or $AGENT_ID), or --all for every heartbeater", 2)
     pid = _stop(pid_path(ctx, agent_id))
     if pid is None:
-        none = Stopped(stopped=[], agent_id=agent_id)
-        emit(as_json, none, lambda _d: f"no heartbeat daemon running for {agent_id}")
+        emit(as_json, _stopped([]), lambda _d: f"no heartbeat daemon running for {agent_id}")
         return
     emit(
         as_json,
-        Stopped(stopped=[pid], agent_id=agent_id),
+        _stopped([(pid, agent_id)]),
         lambda _d: f"heartbeat daemon of {agent_id} stopped (pid {pid})",
     )
 

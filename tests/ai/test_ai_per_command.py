@@ -50,7 +50,7 @@ def test_ai_provider_in_the_environment_overrides_the_daemon(
         advice = json.loads(r.stdout)["ai_recommendation"]
         assert advice["provider"] == "claude" and advice["suggested_priority"] == "high"
     finally:
-        d.ctl("heartbeat-stop")
+        d.ctl("heartbeat-stop", env={"AGENT_ID": "a"})
     # --provider on the command line says the same.
     claude_api.queue(("text", json.dumps({"summary": "ok"})))
     r = d.ctl("ai-analyze", "how is it going?", "--provider", "claude")

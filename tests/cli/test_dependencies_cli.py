@@ -103,13 +103,13 @@ def test_a_first_heartbeat_start_logs_no_warning(coordd: CoorddProcess) -> None:
     started = coordd.ctl("heartbeat-start", env=env)
     try:
         assert started.returncode == 0, started.stderr
-        log_file = coordd.dir / "heartbeat_daemon.log"
+        log_file = coordd.dir / "heartbeat_daemon.brand_new.log"
         wait_for(lambda: "agent_registered" in log_file.read_text())
         wait_for(lambda: coordd.ctl("agents", "--json").stdout.count("brand_new") == 1)
         log = log_file.read_text()
         assert "unknown_agent" not in log and '"warning"' not in log
     finally:
-        coordd.ctl("heartbeat-stop")
+        coordd.ctl("heartbeat-stop", env=env)
 
 
 def test_help_summaries_fit_80_columns_in_users_words() -> None:

@@ -126,14 +126,18 @@ def _run_everything(coordd_factory: Any, ollama: Ollama) -> None:
     # Freshness.
     run.ok("check-stale")
     run.ok("recover-stale", "reassign", "--dry-run")
+    doomed = run.ok("claim", "deploy", "fails for good", env={"AGENT_ID": "a3"})
+    run.ok("recover-stale", "fail", "--work", doomed["work_item_id"])
+    back = run.ok("retry", doomed["work_item_id"])
+    assert back["status"] == "pending" and back["recoveries"] == 0
     dash = run.ok("freshness-dashboard")
     assert dash["heartbeater"]["running"] is False and dash["blocked"] == 1
 
     # The heartbeater, as a shell agent starts and stops it.
     hb = run.ok("heartbeat-start", env={"AGENT_ID": "shell"})
     assert hb["running"] and hb["pid"] > 0
-    stopped = run.ok("heartbeat-stop")
-    assert stopped["pid"] == hb["pid"]
+    stopped = run.ok("heartbeat-stop", env={"AGENT_ID": "shell"})
+    assert [h["pid"] for h in stopped["items"]] == [hb["pid"]]
 
     # AI: each analysis answered by the stand-in, and its status.
     ollama.queue(("text", json.dumps({"recommendations": [], "bottlenecks": []})))
@@ -146,7 +150,7 @@ def _run_everything(coordd_factory: Any, ollama: Ollama) -> None:
     ollama.queue(("text", '{"should_claim": true, "reasoning": "ok", "suggested_priority": "low"}'))
     enhanced = run.ok("claim-enhanced", "build", "cache", env={"AGENT_ID": "shell"})
     assert enhanced["ai_recommendation"]["suggested_priority"] == "low"
-    run.ok("heartbeat-stop")
+    run.ok("heartbeat-stop", env={"AGENT_ID": "shell"})
 
     # Events: one line of JSON per event.
     events = subprocess.Popen(

@@ -8,6 +8,7 @@ import pytest
 
 from coordd import protocol
 from coordd.config import Config
+from coordd.core.model import WorkItem
 from coordd.core.state import State
 from coordd.daemon import handlers, routes
 from tests.helpers import sample_request
@@ -19,7 +20,11 @@ def _ctx(control: bool) -> routes.Context:
     def no_facts() -> routes.Facts:
         raise AssertionError("not asked for")
 
-    return routes.Context(State(), Config(), dict, no_facts, control=control)
+    # The item sample_request names ("x"): an operator's ids are resolved before the
+    # handler runs, and an unknown one would be refused there.
+    state = State()
+    state.restore(items=[WorkItem(work_item_id="x", work_type="t", description="d")])
+    return routes.Context(state, Config(), dict, no_facts, control=control)
 
 
 def test_every_request_of_the_protocol_has_a_route() -> None:

@@ -109,7 +109,8 @@ def test_agent_commands_work_over_curve_from_another_directory(remote: Remote) -
     ok(remote.ctl("progress", wid, "40", "--lease", str(lease), "--checkpoint", "step 4"))
     ok(remote.ctl("heartbeat", "a1", wid, "--lease", str(lease)))
     assert "1 item(s) refreshed" in ok(remote.ctl("heartbeat")).stdout
-    assert wid in ok(remote.ctl("list", "--agent", "a1")).stdout
+    listed = json.loads(ok(remote.ctl("list", "--agent", "a1", "--json")).stdout)
+    assert [i["work_item_id"] for i in listed["items"]] == [wid]
     assert "step 4" in ok(remote.ctl("show", wid)).stdout
     ok(remote.ctl("release", wid, "--lease", str(lease)))
     nxt = json.loads(ok(remote.ctl("claim-next", "--type", "build", "--json")).stdout)
