@@ -201,7 +201,8 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
         f"heartbeat daemon: {heartbeat_daemon_status(ctx)}",
         f"AI provider: {provider_summary(ctx)}",
     ]
-    room = max(0, height - len(head) - 2)
+    # Under the head: a blank line, the table's header, the rows, and "... N more".
+    room = max(1, height - len(head) - 3)
     rows = d.items[:room]
     short = render.short_ids([r.work_item_id for r in rows])
     body = render.table(
