@@ -58,6 +58,10 @@ def cli_startup(bench: Bench) -> None:
         daemon.start()
         env = {**os.environ, "COORDD_CONFIG": str(daemon.config_path)}
         env.pop("COORDINATION_DIR", None)
+        # As installed (pip, pipx, the .deb): modules run from their bytecode cache. With
+        # PYTHONDONTWRITEBYTECODE every call would compile coordd's sources again, which
+        # no installed coordctl does; the warm-up run writes the cache.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         bare = measure([python, "-c", "pass"], env, runs)
         floor = measure([python, "-c", FLOOR], env, runs)
         status = measure([coordctl, "status"], env, runs)
