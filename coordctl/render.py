@@ -77,17 +77,17 @@ def short_ids(ids: Sequence[str], min_tail: int = 6) -> dict[str, str]:
     return out
 
 
+def dependency_words(d: Any, name: str | None = None) -> str:
+    """One unmet dependency in words: ``work_…12 (completed: failed)``, ``work_…9 (active)``."""
+    name = name or d.work_item_id
+    if d.status in ("completed", "failed"):
+        return f"{name} ({d.status}: {d.result or '-'})"
+    return f"{name} ({d.status or 'no longer kept'})"
+
+
 def blocked_reason(i: Any) -> str:
-    """Why a blocked item waits, in words: ``waits for work_…12 (failed: failed_stale)``."""
-    parts = []
-    for d in i.waiting_on:
-        if d.status is None:
-            parts.append(d.work_item_id)
-        elif d.status == "pending" or d.status == "active":
-            parts.append(f"{d.work_item_id} ({d.status})")
-        else:
-            parts.append(f"{d.work_item_id} ({d.status}: {d.result or '-'})")
-    return "waits for " + ", ".join(parts)
+    """Why a blocked item waits, in words: ``waits for work_…12 (completed: failed)``."""
+    return "waits for " + ", ".join(dependency_words(d) for d in i.waiting_on)
 
 
 def item_state(i: Any) -> str:

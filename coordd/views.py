@@ -490,6 +490,14 @@ class DashboardRow(View):
     stage: str | None
 
 
+class BlockedRow(View):
+    """A blocked item on the dashboard and what it waits for (a failed dependency shows
+    its status and result: the reason)."""
+
+    work_item_id: str
+    waiting_on: list[Dependency]
+
+
 class DashboardView(View):
     """``freshness-dashboard``: counts, the active items worst first (silence over
     threshold), the blocked count, the heartbeater and the AI provider in use."""
@@ -506,6 +514,7 @@ class DashboardView(View):
     heartbeat_interval_seconds: float
     tick_interval_seconds: float
     items: list[DashboardRow]
+    blocked_items: list[BlockedRow]
     recovered_window_seconds: float | None
     recovered: list[RecoveredView]
     heartbeater: HeartbeaterView
@@ -542,6 +551,7 @@ def dashboard_view(d: dict[str, Any], heartbeater: HeartbeaterView) -> Dashboard
             )
             for r in rows
         ],
+        blocked_items=[msgspec.convert(b, BlockedRow) for b in dash.get("blocked_items") or ()],
         recovered_window_seconds=d.get("window"),
         recovered=recovered_views(d),
         heartbeater=heartbeater,

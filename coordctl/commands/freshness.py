@@ -223,6 +223,16 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
     lines = head + ([""] + body.splitlines() if rows else ["", "no active items"])
     if len(d.items) > len(rows):
         lines.append(f"... {len(d.items) - len(rows)} more (--json for all)")
+    room = height - len(lines) - 2
+    if d.blocked_items and room > 0:
+        short = render.short_ids(
+            [b.work_item_id for b in d.blocked_items]
+            + [w.work_item_id for b in d.blocked_items for w in b.waiting_on]
+        )
+        lines.append("")
+        for b in d.blocked_items[:room]:
+            why = ", ".join(render.dependency_words(w, short[w.work_item_id]) for w in b.waiting_on)
+            lines.append(f"blocked {short[b.work_item_id]}: waits for {why}")
     lines += ["", *recovered_text(d.recovered, d.recovered_window_seconds).splitlines()]
     return "\n".join(line[:width] for line in lines)
 

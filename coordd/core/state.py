@@ -997,6 +997,11 @@ class State:
             return []
         return rules.unmet(item, self.items)
 
+    def blocked_items(self) -> Iterator[WorkItem]:
+        """The pending items a dependency blocks, from their index (no scan)."""
+        for wid in self._ix.waiting:
+            yield self.items[wid]
+
     def waiting_on(self, item: WorkItem) -> list[dict[str, Any]]:
         """Each unmet dependency of a blocked item with its status and result, so a
         reader sees why it waits (a failed dependency blocks until it succeeds)."""

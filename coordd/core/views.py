@@ -8,7 +8,9 @@ the order they were created, one bounded page at a time.
 from __future__ import annotations
 
 import heapq
+import itertools
 from itertools import islice
+from typing import Any
 
 import msgspec
 
@@ -62,6 +64,9 @@ class Dashboard(msgspec.Struct, kw_only=True):
     warn_ratio: float
     stale_items: list[StaleEntry]
     rows: list[Row]
+    # Up to ``limit`` blocked items, each with the dependencies it waits for (status and
+    # result: a failed one is the reason it stays blocked).
+    blocked_items: list[dict[str, Any]] = []
 
 
 def stale_report(state: State, now: float) -> list[StaleEntry]:
@@ -172,6 +177,10 @@ def dashboard(
         warn_ratio=warn_ratio,
         stale_items=stale,
         rows=[r for _, _, r in sorted(rows, key=lambda k: (-k[0], k[1]))],
+        blocked_items=[
+            {"work_item_id": item.work_item_id, "waiting_on": state.waiting_on(item)}
+            for item in itertools.islice(state.blocked_items(), limit)
+        ],
     )
 
 

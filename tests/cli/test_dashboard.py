@@ -24,6 +24,7 @@ def test_the_dashboard_lists_active_items_worst_first_in_80_columns(
             work_item_id=busy["work_item_id"], progress=40, status="review", agent_id="busy_agent"
         )
     )
+
     def dashboard() -> Any:
         return json.loads(d.ctl("freshness-dashboard", "--json").stdout)
 

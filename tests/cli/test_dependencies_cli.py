@@ -46,13 +46,27 @@ def test_a_chain_goes_to_three_agents_in_order_and_a_failure_blocks(
     assert "blocked" in d.ctl("list").stdout
     dash = ok(d, "freshness-dashboard")
     assert dash["blocked"] == 1
-    assert "1 blocked" in d.ctl("freshness-dashboard").stdout
+    assert dash["blocked_items"] == [{"work_item_id": c, "waiting_on": shown["waiting_on"]}]
+    screen = d.ctl("freshness-dashboard").stdout
+    assert "1 blocked" in screen
+    assert f"blocked work_…{c[-6:]}: waits for work_…{b[-6:]} (completed: failed)" in screen
 
     # A restart keeps it: dependencies are journaled.
     assert d.stop() == 0
     d.start()
     assert ok(d, "show", c)["blocked"] is True
     assert ok(d, "status")["counts"]["blocked"] == 1
+
+
+def test_run_type_takes_only_ready_items(coordd: CoorddProcess) -> None:
+    first = ok(coordd, "add", "prep", "first")["work_item_id"]
+    ok(coordd, "add", "build", "waits", "--after", first)
+    r = coordd.ctl("run", "--type", "build", "--", "true", env={"AGENT_ID": "r1"})
+    assert r.returncode == 3, r.stderr  # nothing ready of type build
+    coordd.ctl("claim-next", "--agent", "r1", "--work", first)
+    ok(coordd, "complete", first, "--agent", "r1")
+    r = coordd.ctl("run", "--type", "build", "--", "true", env={"AGENT_ID": "r1"})
+    assert r.returncode == 0, r.stderr
 
 
 def test_claim_after_unmet_is_refused_and_cycles_and_unknown_ids_at_add(
