@@ -32,21 +32,30 @@ class Cost(NamedTuple):
     cpu: float  # user + system seconds of the process, median (steadier on a busy machine)
 
 
-def measure(argv: list[str], env: dict[str, str], runs: int) -> Cost:
-    """Median wall and CPU time of ``argv`` as a fresh process (one warm-up run first)."""
-    walls, cpus = [], []
+def measure(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, Cost]:
+    """Median wall and CPU time of each command as a fresh process. The commands take
+    turns (one run of each per round, after one warm-up round), so a machine that gets
+    busier or quieter during the measurement moves every figure alike."""
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     for n in range(runs + 1):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True)
-        elapsed = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            raise RuntimeError(f"{argv} exited {done.returncode}: {done.stderr[-300:]!r}")
-        if n:  # the first run warms the page cache
-            walls.append(elapsed)
-            cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return Cost(statistics.median(walls), statistics.median(cpus))
+        for name, argv in commands.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            done = subprocess.run(argv, env=env, capture_output=True)
+            elapsed = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if done.returncode != 0:
+                raise RuntimeError(f"{argv} exited {done.returncode}: {done.stderr[-300:]!r}")
+            if n:  # the first round warms the page cache and writes the bytecode cache
+                walls[name].append(elapsed)
+                cpus[name].append(
+                    after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                )
+    return {
+        name: Cost(statistics.median(walls[name]), statistics.median(cpus[name]))
+        for name in commands
+    }
 
 
 def cli_startup(bench: Bench) -> None:
@@ -62,9 +71,16 @@ def cli_startup(bench: Bench) -> None:
         # PYTHONDONTWRITEBYTECODE every call would compile coordd's sources again, which
         # no installed coordctl does; the warm-up run writes the cache.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        bare = measure([python, "-c", "pass"], env, runs)
-        floor = measure([python, "-c", FLOOR], env, runs)
-        status = measure([coordctl, "status"], env, runs)
+        costs = measure(
+            {
+                "bare": [python, "-c", "pass"],
+                "floor": [python, "-c", FLOOR],
+                "status": [coordctl, "status"],
+            },
+            env,
+            runs,
+        )
+        bare, floor, status = costs["bare"], costs["floor"], costs["status"]
     finally:
         daemon.close()
     bench.add("cli_python_c_pass", bare.wall * 1000, "ms", n=runs, cpu_ms=round(bare.cpu * 1e3))
