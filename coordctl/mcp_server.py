@@ -160,7 +160,7 @@ class Session:
     def _keep(self, lease: Lease) -> t.ItemOut:
         with self._lock:
             self._leases[lease.work_item_id] = lease
-        return t.ItemOut(item=_item(lease.item))
+        return t.ItemOut(item=t.item(lease.item))
 
     def _lease(self, work_item_id: str) -> Lease | None:
         with self._lock:
@@ -205,7 +205,7 @@ class Session:
             work_item_id=p.work_item_id, progress=p.percent, agent_id=self.agent_id, status=p.status
         )
         data = self._holding(p.work_item_id, lambda le: le.progress(p.percent, p.status), req)
-        return t.ItemOut(item=_item(data))
+        return t.ItemOut(item=t.item(data))
 
     def _complete(self, p: t.CompleteParams) -> t.Out:
         req = protocol.Complete(
@@ -216,13 +216,13 @@ class Session:
         )
         data = self._holding(p.work_item_id, lambda le: le.complete(p.result, p.velocity), req)
         self._forget(p.work_item_id)
-        return t.ItemOut(item=_item(data))
+        return t.ItemOut(item=t.item(data))
 
     def _release(self, p: t.ReleaseParams) -> t.Out:
         req = protocol.Release(work_item_id=p.work_item_id, agent_id=self.agent_id)
         data = self._holding(p.work_item_id, lambda le: le.release(), req)
         self._forget(p.work_item_id)
-        return t.ItemOut(item=_item(data))
+        return t.ItemOut(item=t.item(data))
 
     def _list(self, p: t.ListParams) -> t.Out:
         items = self.list_items(p.status, p.team, p.agent_id, p.work_type, p.limit + 1)
@@ -239,13 +239,13 @@ class Session:
         req = protocol.List(
             status=status, team=team, agent_id=agent_id, work_type=work_type, limit=limit
         )
-        return [_item(i) for i in self._request(req)]
+        return t.items(self._request(req))
 
     def _show(self, p: t.ShowParams) -> t.Out:
-        return t.ItemOut(item=_item(self._request(protocol.Show(work_item_id=p.work_item_id))))
+        return t.ItemOut(item=t.item(self._request(protocol.Show(work_item_id=p.work_item_id))))
 
     def _check_stale(self, p: t.NoParams) -> t.Out:
-        return msgspec.convert(self._request(protocol.CheckStale()), t.StaleOut)
+        return t.stale_out(self._request(protocol.CheckStale()))
 
     def _status(self, p: t.NoParams) -> t.Out:
         return t.StatusOut(
@@ -312,10 +312,6 @@ class Session:
         with self._control_lock:
             if self._control is not None:
                 self._control.close()
-
-
-def _item(data: Any) -> t.Item:
-    return msgspec.convert(data, t.Item)
 
 
 HELD_URI = "coordd://held"

@@ -29,6 +29,17 @@ def doc(text: str) -> msgspec.Meta:
 Item = WorkItem  # one work item, exactly as the daemon keeps and sends it
 
 
+def item(data: Any) -> Item:
+    """An item as the daemon sends it (plain data), as its shape."""
+    return msgspec.convert(data, Item)
+
+
+def items(data: Any) -> list[Item]:
+    """A ``list`` reply: a bare list, or ``{"items": [...], ...}`` where it pages."""
+    rows = data.get("items") if isinstance(data, dict) else data
+    return [item(i) for i in rows or ()]
+
+
 class StaleEntry(msgspec.Struct, kw_only=True):
     """One stale item (the daemon's check-stale entry)."""
 
@@ -82,6 +93,11 @@ class ItemsOut(Out):
 class StaleOut(Out):
     now: float
     stale: list[StaleEntry]
+
+
+def stale_out(data: Any) -> StaleOut:
+    """A ``check_stale`` reply as its shape."""
+    return msgspec.convert(data, StaleOut)
 
 
 class StatusOut(Out):
