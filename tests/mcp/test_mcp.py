@@ -388,3 +388,28 @@ def test_every_tool_has_its_method() -> None:
 
     missing = [t.name for t in mcp_tools.TOOLS if not hasattr(mcp_server.Session, "_" + t.name)]
     assert not missing
+
+
+def test_an_ai_analysis_through_the_control_socket(coordd_factory: Any) -> None:
+    from tests.ai.standins import Ollama
+
+    ollama = Ollama()
+    try:
+        d = coordd_factory({"ollama_host": ollama.url, "ai_timeout": 0.5})
+        ollama.queue(("text", json.dumps({"summary": "deploys fail on Mondays"})))
+
+        async def main() -> None:
+            async with connect(d, "analyst") as c:
+                out = await ok(c, "ai_analyze", prompt="Why do deploys fail?", data={"n": 2})
+                assert out["analysis"]["ok"] is True
+                assert out["analysis"]["result"]["summary"] == "deploys fail on Mondays"
+                # The provider has nothing more to say: a tool error, not a dead server.
+                failed = await refused(c, "ai_priorities", fresh=True)
+                assert failed["code"] == "unavailable"
+                assert (await ok(c, "status"))["agent_id"] == "analyst"
+
+        run(main)
+        prompt = ollama.chats()[0]["body"]["messages"][-1]["content"]
+        assert "Why do deploys fail?" in prompt and '"n": 2' in prompt
+    finally:
+        ollama.close()
