@@ -400,7 +400,11 @@ def build_server(session: Session, notifier: Notifier) -> Server[Any]:
     ) -> types.CallToolResult:
         notifier.seen(ctx)
         try:
-            out = await anyio.to_thread.run_sync(session.call, params.name, params.arguments)
+            # Abandoned on cancel: a client that gives up (or goes away) is not kept
+            # waiting for a slow daemon; the thread finishes on its own.
+            out = await anyio.to_thread.run_sync(
+                session.call, params.name, params.arguments, abandon_on_cancel=True
+            )
         except ToolError as e:
             return error_result(e)
         except Exception as e:  # a bug must not take the server (and the leases) down
