@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from coordctl import mcp_tools as t
 from coordctl.client import Client, Refused, Unreachable
-from coordd import protocol
+from coordd import protocol, views
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
 from coordd.config import Config
 
@@ -252,7 +252,7 @@ class Session:
             agent_id=self.agent_id,
             held=[t.Held(work_item_id=le.work_item_id, lease=le.lease) for le in self.held()],
             heartbeat_interval=self.agent.heartbeat_interval,
-            daemon=self._request(protocol.Status()),
+            daemon=views.status_view(self._request(protocol.Status())),
         )
 
     # --- the AI analyses: operator requests, on the control socket --------------------
@@ -295,7 +295,7 @@ class Session:
             raise ToolError(
                 "unavailable", f"AI analysis failed ({err.get('code')}): {err.get('message')}"
             )
-        return t.AnalysisOut(analysis=data)
+        return t.AnalysisOut(analysis=views.ai_result_view(data))
 
     # --- resources ----------------------------------------------------------------------
 

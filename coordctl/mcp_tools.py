@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from coordd.core.model import WorkItem
+from coordd import views
 from coordd.kinds import Priority, Status
 from coordd.protocol import Id, Percent, Seconds, Text, Velocity
 
@@ -26,32 +26,18 @@ def doc(text: str) -> msgspec.Meta:
 
 # --- Shapes: what the tools answer -----------------------------------------------
 
-Item = WorkItem  # one work item, exactly as the daemon keeps and sends it
+# The JSON views of coordd.views: what `coordctl --json` prints is what a model reads.
+Item = views.ItemView
 
 
 def item(data: Any) -> Item:
-    """An item as the daemon sends it (plain data), as its shape."""
-    return msgspec.convert(data, Item)
+    """An item as the daemon sends it (plain data), as its view."""
+    return views.item_view(data)
 
 
 def items(data: Any) -> list[Item]:
-    """A ``list`` reply: a bare list, or ``{"items": [...], ...}`` where it pages."""
-    rows = data.get("items") if isinstance(data, dict) else data
-    return [item(i) for i in rows or ()]
-
-
-class StaleEntry(msgspec.Struct, kw_only=True):
-    """One stale item (the daemon's check-stale entry)."""
-
-    work_item_id: str
-    agent_id: str | None
-    work_type: str
-    description: str
-    silent_for: Annotated[float, doc("seconds since the holder was last heard from")]
-    threshold: Annotated[float, doc("seconds of silence after which the item is stale")]
-    strategy: Annotated[str, doc("what recovery will do: reassign, retry, fail or none")]
-    stale_since: float | None = None
-    last_heartbeat: float | None = None
+    """A ``list`` reply (a bare list, or ``{"items": [...], ...}`` where it pages)."""
+    return views.item_list(data).items
 
 
 class Revoked(msgspec.Struct, kw_only=True):
@@ -91,27 +77,23 @@ class ItemsOut(Out):
 
 
 class StaleOut(Out):
-    now: float
-    stale: list[StaleEntry]
+    stale: views.StaleReport
 
 
 def stale_out(data: Any) -> StaleOut:
-    """A ``check_stale`` reply as its shape."""
-    return msgspec.convert(data, StaleOut)
+    """A ``check_stale`` reply as its view."""
+    return StaleOut(stale=views.stale_report(data))
 
 
 class StatusOut(Out):
     agent_id: Annotated[str, doc("the agent id this server acts as")]
     held: Annotated[list[Held], doc("the leases this session holds and heartbeats")]
     heartbeat_interval: float
-    daemon: Annotated[dict[str, Any], doc("coordd's status: health, counts, thresholds")]
+    daemon: Annotated[views.StatusView, doc("coordd's status: health, counts, thresholds")]
 
 
 class AnalysisOut(Out):
-    analysis: Annotated[
-        dict[str, Any],
-        doc("ok, provider, model, result (the analysis) or error: as `coordctl ai-*` --json"),
-    ]
+    analysis: Annotated[views.AiResultView, doc("who answered, and `result`: the analysis")]
 
 
 class ErrorOut(msgspec.Struct, kw_only=True, omit_defaults=True):

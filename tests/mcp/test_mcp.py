@@ -21,8 +21,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import LoggingMessageNotificationParams
 
-from coordd import protocol
-from coordd.core.model import WorkItem
+from coordd import protocol, views
 from coordd.kinds import Priority
 from tests.conftest import BIN, CoorddProcess
 from tests.helpers import wait_for
@@ -115,8 +114,9 @@ def test_tools_and_their_schemas(coordd: CoorddProcess) -> None:
         assert tools["progress"].input_schema["properties"]["percent"]["maximum"] == 100
         out = claim.output_schema
         assert out is not None
-        fields = {f.name for f in msgspec.structs.fields(WorkItem)}
-        assert set(out["$defs"]["WorkItem"]["properties"]) == fields
+        # What a model reads is what `coordctl --json` prints: the same view types.
+        fields = {f.name for f in msgspec.structs.fields(views.ItemView)}
+        assert set(out["$defs"]["ItemView"]["properties"]) == fields
         assert "revoked" in out["properties"]
         # Written for a model: when to call it, and what lease_lost means.
         assert "lease_lost" in tools["progress"].description
@@ -191,7 +191,10 @@ def test_refusals_are_tool_errors_and_the_server_lives_on(coordd: CoorddProcess)
             assert bad["code"] == "bad_request" and "percent" in bad["message"]
             unknown = await refused(c, "claim_next", colour="blue")
             assert unknown["code"] == "bad_request" and "colour" in unknown["message"]
-            assert (await ok(c, "status"))["agent_id"] == "me"
+            status = await ok(c, "status")
+            assert status["agent_id"] == "me" and status["daemon"]["health"] == "ok"
+            stale = (await ok(c, "check_stale"))["stale"]
+            assert (stale["stale_count"], stale["items"]) == (0, [])
         assert show(coordd, wid)["progress"] == 0
 
     run(main)
@@ -401,7 +404,7 @@ def test_an_ai_analysis_through_the_control_socket(coordd_factory: Any) -> None:
         async def main() -> None:
             async with connect(d, "analyst") as c:
                 out = await ok(c, "ai_analyze", prompt="Why do deploys fail?", data={"n": 2})
-                assert out["analysis"]["ok"] is True
+                assert out["analysis"]["provider"] == "ollama"
                 assert out["analysis"]["result"]["summary"] == "deploys fail on Mondays"
                 # The provider has nothing more to say: a tool error, not a dead server.
                 failed = await refused(c, "ai_priorities", fresh=True)
