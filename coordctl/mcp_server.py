@@ -36,11 +36,13 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from coordctl import mcp_tools as t
 from coordctl.client import Client, Refused, Unreachable
-from coordd import protocol, views
+from coordd import protocol, rpc, views
 from coordd.agent import Agent, AgentError, AgentTimeout, Lease
 from coordd.config import Config
 
-WATCH_EVERY = 0.2  # seconds between looks for revoked leases and a vanished parent
+# Seconds between looks for revoked leases (set by the SDK when coordd pushes one) and a
+# vanished parent: a dict scan and a getppid, cheap enough to do often.
+WATCH_EVERY = 0.05
 BACKLOG_LIMIT = 100  # items in the backlog resource
 AI_MARGIN = 5.0  # seconds beyond the daemon's own AI deadline (2 x ai_timeout)
 
@@ -62,7 +64,9 @@ class Session:
     def __init__(self, cfg: Config, agent_id: str, ai: bool | None = None) -> None:
         self.cfg = cfg
         self.agent_id = agent_id
-        self.agent = Agent(cfg.agent_endpoint, agent_id, cfg.heartbeat_interval, cfg.client_timeout)
+        # The SDK's own configuration: COORDD_ENDPOINTS and CURVE keys for a remote agent.
+        link = rpc.agent_link(cfg)
+        self.agent = Agent(link, agent_id, cfg.heartbeat_interval, cfg.client_timeout)
         self._ai = ai
         self._control: Client | None = None
         self._control_lock = threading.Lock()
@@ -116,7 +120,7 @@ class Session:
         try:
             yield
         except AgentTimeout as e:
-            raise ToolError("unreachable", f"{e.message} at {self.cfg.agent_endpoint}") from None
+            raise ToolError("unreachable", f"{e.message} at {self.agent.endpoint}") from None
         except AgentError as e:
             raise ToolError(e.code, e.message) from None
 
@@ -149,9 +153,7 @@ class Session:
                 key = (lease.work_item_id, lease.lease)
                 if lease.lost.is_set() and key not in seen:
                     seen.add(key)
-                    out.append(
-                        t.Revoked(work_item_id=key[0], lease=key[1], reason=lease.lost_reason)
-                    )
+                    out.append(_revoked(lease))
         return out
 
     def take_unlogged(self) -> list[t.Revoked]:
@@ -202,9 +204,15 @@ class Session:
 
     def _progress(self, p: t.ProgressParams) -> t.Out:
         req = protocol.Progress(
-            work_item_id=p.work_item_id, progress=p.percent, agent_id=self.agent_id, status=p.status
+            work_item_id=p.work_item_id,
+            progress=p.percent,
+            agent_id=self.agent_id,
+            status=p.status,
+            checkpoint=p.checkpoint,
         )
-        data = self._holding(p.work_item_id, lambda le: le.progress(p.percent, p.status), req)
+        data = self._holding(
+            p.work_item_id, lambda le: le.progress(p.percent, p.status, p.checkpoint), req
+        )
         return t.ItemOut(item=t.item(data))
 
     def _complete(self, p: t.CompleteParams) -> t.Out:
@@ -312,6 +320,17 @@ class Session:
         with self._control_lock:
             if self._control is not None:
                 self._control.close()
+
+
+def _revoked(lease: Lease) -> t.Revoked:
+    pushed = lease.revoked  # what coordd pushed, when it did (else a refused heartbeat)
+    return t.Revoked(
+        work_item_id=lease.work_item_id,
+        lease=lease.lease,
+        reason=lease.lost_reason,
+        strategy=pushed.strategy if pushed else None,
+        new_holder=pushed.new_holder if pushed else None,
+    )
 
 
 HELD_URI = "coordd://held"
@@ -488,14 +507,9 @@ async def _watch(session: Session, notifier: Notifier, done: anyio.CancelScope) 
     while True:
         await anyio.sleep(WATCH_EVERY)
         for r in session.take_unlogged():
+            data = msgspec.to_builtins(r)
             await notifier.warn(
-                {
-                    "event": "lease_revoked",
-                    "work_item_id": r.work_item_id,
-                    "lease": r.lease,
-                    "reason": r.reason,
-                    "advice": t.advice("lease_lost"),
-                }
+                {"event": "lease_revoked", **data, "advice": t.advice("lease_lost")}
             )
         if os.getppid() != parent:
             done.cancel()
@@ -516,8 +530,12 @@ def main(cfg: Config, agent_id: str, ai: bool | None = None) -> None:
     # The log messages are deliberate: today's clients read them, even though the newest
     # protocol revision deprecates them (and the SDK warns on every one).
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
-    session = Session(cfg, agent_id, ai)
-    print(f"coordctl mcp: acting as agent {agent_id} on {cfg.agent_endpoint}", file=sys.stderr)
+    try:
+        session = Session(cfg, agent_id, ai)
+    except rpc.KeyFileError as e:
+        print(f"coordctl mcp: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"coordctl mcp: acting as agent {agent_id} on {session.agent.endpoint}", file=sys.stderr)
     try:
         anyio.run(serve, session)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import msgspec
 
 from coordd import views
 from coordd.kinds import Priority, Status
-from coordd.protocol import Id, Percent, Seconds, Text, Velocity
+from coordd.protocol import Checkpoint, Id, Percent, Seconds, Text, Velocity
 
 
 def doc(text: str) -> msgspec.Meta:
@@ -46,6 +46,8 @@ class Revoked(msgspec.Struct, kw_only=True):
     work_item_id: str
     lease: int
     reason: str
+    strategy: Annotated[str | None, doc("the recovery applied: reassign, retry, fail")] = None
+    new_holder: Annotated[str | None, doc("the agent that holds the item now, if any")] = None
 
 
 class Held(msgspec.Struct, kw_only=True):
@@ -136,6 +138,13 @@ class ProgressParams(Params):
     work_item_id: WorkId
     percent: Annotated[Percent, doc("how far along, 0-100")]
     status: Annotated[Id | None, doc("a short stage name, e.g. testing")] = None
+    checkpoint: Annotated[
+        Checkpoint | None,
+        doc(
+            "where you are, for whoever takes the item over if you stop: branch, last step"
+            " done, what is left (kept with the item, replaced by the next checkpoint)"
+        ),
+    ] = None
 
 
 class CompleteParams(Params):
@@ -215,9 +224,11 @@ TOOLS: tuple[Tool, ...] = (
         "Take the most urgent pending work item from the backlog and hold it (optionally"
         " only of a work_type or team, or exactly the pending item work_item_id). Call this"
         " when you are ready for new work. The item stays yours while this server runs:"
-        " it heartbeats for you; you need not call anything to keep it. When done, call"
-        " complete; if you cannot finish, call release. Refused with nothing_pending when no"
-        " pending item matches: there is no work for you now (stop, or try again later).",
+        " it heartbeats for you; you need not call anything to keep it. If the item has a"
+        " `checkpoint`, an earlier holder stopped part way: read it and resume from there."
+        " When done, call complete; if you cannot finish, call release. Refused with"
+        " nothing_pending when no pending item matches: there is no work for you now"
+        " (stop, or try again later).",
         ClaimNextParams,
         ItemOut,
     ),
@@ -234,8 +245,10 @@ TOOLS: tuple[Tool, ...] = (
         "progress",
         "Report progress",
         "Report how far along you are (0-100) on an item you hold, with an optional short"
-        " stage name. Call it at milestones: others see it in list/show. Refused with"
-        " not_owner if another agent holds the item." + LOST,
+        " stage name and a checkpoint: a note saying where you are, so that if you stop,"
+        " whoever takes the item over resumes instead of starting again. Call it at"
+        " milestones: others see it in list/show. Refused with not_owner if another agent"
+        " holds the item." + LOST,
         ProgressParams,
         ItemOut,
     ),
@@ -278,8 +291,8 @@ TOOLS: tuple[Tool, ...] = (
         "check_stale",
         "List stale work",
         "Items whose holder has been silent past the threshold, with how long and what"
-        " recovery will do. Useful before claiming work someone may have abandoned. Read"
-        " only.",
+        " recovery will do, and the items recovered in the last hour (from whom, to whom)."
+        " Useful before claiming work someone may have abandoned. Read only.",
         NoParams,
         StaleOut,
         read_only=True,

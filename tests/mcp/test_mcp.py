@@ -154,9 +154,12 @@ def test_claim_progress_complete(coordd: CoorddProcess) -> None:
             assert status["agent_id"] == "writer"
             assert status["held"] == [{"work_item_id": wid, "lease": item["lease"]}]
 
-            await ok(c, "progress", work_item_id=wid, percent=60, status="drafting")
+            note = "branch docs/mcp; intro and set-up written, tools table next"
+            await ok(
+                c, "progress", work_item_id=wid, percent=60, status="drafting", checkpoint=note
+            )
             seen = show(coordd, wid)
-            assert (seen["progress"], seen["stage"]) == (60, "drafting")
+            assert (seen["progress"], seen["stage"], seen["checkpoint"]) == (60, "drafting", note)
 
             done = (await ok(c, "complete", work_item_id=wid, result="merged", velocity=3))["item"]
             assert done["status"] == "completed"
@@ -231,6 +234,7 @@ def test_a_revoked_lease_is_reported_on_the_next_call(coordd_factory: Any) -> No
         assert logs[0].level == "warning"
         assert logs[0].data["event"] == "lease_revoked"
         assert logs[0].data["work_item_id"] == wid
+        assert "stop working" in logs[0].data["advice"].lower()
 
     run(main)
 
@@ -416,3 +420,24 @@ def test_an_ai_analysis_through_the_control_socket(coordd_factory: Any) -> None:
         assert "Why do deploys fail?" in prompt and '"n": 2' in prompt
     finally:
         ollama.close()
+
+
+def test_a_remote_agent_over_curve(coordd_factory: Any, tmp_path: Path) -> None:
+    from tests.daemon.test_remote_agents import Remote
+
+    remote = Remote(coordd_factory, tmp_path)
+    wid = remote.d.call(protocol.Add(work_type="far", description="from afar"))["work_item_id"]
+    far = StdioServerParameters(
+        command=COORDCTL, args=["mcp"], env=remote.env, cwd=str(remote.home)
+    )
+
+    async def main() -> None:
+        async with Client(far, mode="legacy") as c:
+            # No control socket on the agent's host: no operator tools.
+            assert {t.name for t in (await c.list_tools()).tools} == AGENT_TOOLS
+            item = (await ok(c, "claim_next", work_type="far"))["item"]
+            assert (item["work_item_id"], item["agent_id"]) == (wid, "a1")
+            await ok(c, "complete", work_item_id=wid)
+
+    run(main)
+    assert remote.show(wid)["status"] == "completed"
