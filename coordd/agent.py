@@ -323,56 +323,59 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         # Created, used and closed by this thread only.
-        sock = rpc.dealer(self.link, self._ctx)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(self._kick_in, zmq.POLLIN)
+        link = _BeatLink(self, poller)
         try:
             next_beat = time.monotonic() + self.heartbeat_interval
             while not self._stop.is_set():
-                wait = max(0.0, next_beat - time.monotonic())
+                wait = max(0.0, min(next_beat, link.next_check()) - time.monotonic())
                 ready = dict(poller.poll(int(wait * 1000) + 1))
-                if sock in ready:
-                    self._on_heartbeat_reply(sock.recv())
+                if link.sock in ready:
+                    link.answered(self._on_heartbeat_reply(link.sock.recv()))
                 if self._kick_in in ready:
                     while self._kick_in.poll(0):
                         self._kick_in.recv()
                     if not self._stop.is_set():
-                        self._send_batch(sock)  # a new lease: announce it now
+                        link.send(self._batch())  # a new lease: announce it now
+                if link.must_resend():  # the leader moved (failover): tell the new one now
+                    link.send(self._batch())
                 if time.monotonic() >= next_beat:
-                    self._send_batch(sock)
+                    link.send(self._batch())
                     next_beat = time.monotonic() + self.heartbeat_interval
         finally:
-            sock.close(0)
+            link.close()
 
-    def _send_batch(self, sock: zmq.Socket[bytes]) -> None:
+    def _batch(self) -> protocol.HeartbeatBatch | None:
         leases = self.held()
         if not leases:
-            return
-        batch = protocol.HeartbeatBatch(
+            return None
+        return protocol.HeartbeatBatch(
             push=True,  # this socket hears revocations the moment they are durable
             agent_id=self.agent_id,
             items=[protocol.ItemBeat(lease.work_item_id, lease.lease) for lease in leases],
+            # With several coordd, every batch is answered: silence means a dead leader.
+            ack=self._caller.endpoints.several,
         )
-        sock.send(self.codec.encode(batch))
-        self.heartbeats_sent += 1
 
-    def _on_heartbeat_reply(self, raw: bytes) -> None:
+    def _on_heartbeat_reply(self, raw: bytes) -> protocol.Ok | protocol.Error | None:
+        """Act on a reply to a batch (lost items) or a push; the reply, for the link."""
         try:
             reply = self.codec.reply_decoder.decode(raw)
         except msgspec.DecodeError:
-            return  # not a reply we understand; the thread must live on regardless
+            return None  # not a reply we understand; the thread must live on regardless
         if isinstance(reply, protocol.Revoked):
             self._on_revoked(reply)
-            return
+            return None
         if isinstance(reply, protocol.Error):
-            return  # the whole batch was refused (e.g. bad request): nothing item-specific
+            return reply  # the whole batch was refused (not_leader, bad request)
         for err in (reply.data or {}).get("errors", []):
             # Any refusal of an item's heartbeat means the item is no longer ours.
             with self._leases_lock:
                 lease = self._leases.get(err["work_item_id"])
             if lease is not None:
                 lease.mark_lost(f"{err['code']}: {err['message']}")
+        return reply
 
     def _on_revoked(self, r: protocol.Revoked) -> None:
         """coordd pushed a lost lease: if it is one we hold, it is lost now."""
@@ -383,3 +386,68 @@ class Agent:
         lease.revoked = r
         holder = f"; now held by {r.new_holder}" if r.new_holder else ""
         lease.mark_lost(f"revoked ({r.strategy}): {r.reason}{holder}")
+
+
+class _BeatLink:
+    """The heartbeat thread's connection, to the leader among the agent's endpoints
+    (shared with its request ``Caller``, so both move together).
+
+    With one endpoint it only sends. With several, every batch is answered: no answer
+    within the timeout moves it to the next endpoint, a ``not_leader`` to the one named
+    (or, leader unknown, it asks the same standby again shortly); the leases go on with
+    the same numbers on the new leader."""
+
+    def __init__(self, agent: Agent, poller: zmq.Poller) -> None:
+        self.agent, self.poller = agent, poller
+        self.endpoints = agent._caller.endpoints
+        self.waiting_since: float | None = None  # a batch awaits its answer
+        self.resend_at: float | None = None
+        self.sock = self._open()
+
+    def _open(self) -> zmq.Socket[bytes]:
+        self.at = self.endpoints.current()
+        sock = rpc.dealer(self.agent.link, self.agent._ctx, self.at)
+        self.poller.register(sock, zmq.POLLIN)
+        self.waiting_since = None
+        return sock
+
+    def _connect(self) -> None:
+        self.poller.unregister(self.sock)
+        self.sock.close(0)
+        self.sock = self._open()
+
+    def send(self, batch: protocol.HeartbeatBatch | None) -> None:
+        self.resend_at = None
+        if batch is None:
+            return
+        if self.endpoints.current() != self.at:
+            self._connect()
+        self.sock.send(self.agent.codec.encode(batch))
+        self.agent.heartbeats_sent += 1
+        if batch.ack and self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+
+    def answered(self, reply: protocol.Ok | protocol.Error | None) -> None:
+        self.waiting_since = None
+        self.endpoints.answered(self.at)
+        if isinstance(reply, protocol.Error) and reply.code == "not_leader":
+            moved = self.endpoints.not_leader(self.at, reply.leader)
+            self.resend_at = time.monotonic() + (0.0 if moved else rpc.FOLLOW_PAUSE)
+
+    def next_check(self) -> float:
+        """When ``must_resend`` may next be true (the loop wakes by then)."""
+        times = [t for t in (self.resend_at,) if t is not None]
+        if self.waiting_since is not None:
+            times.append(self.waiting_since + self.agent.timeout)
+        return min(times, default=float("inf"))
+
+    def must_resend(self) -> bool:
+        now = time.monotonic()
+        if self.waiting_since is not None and now >= self.waiting_since + self.agent.timeout:
+            self.endpoints.timed_out(self.at)  # silent: dead or cut off; try the next one
+            self._connect()
+            return True
+        return self.resend_at is not None and now >= self.resend_at
+
+    def close(self) -> None:
+        self.sock.close(0)

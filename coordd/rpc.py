@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -19,6 +20,7 @@ import zmq
 import zmq.auth
 
 from coordd import protocol
+from coordd.endpoints import Endpoints
 
 if TYPE_CHECKING:
     from coordd.config import Config
@@ -54,9 +56,32 @@ class Link(msgspec.Struct, frozen=True):
 
 
 def choose_endpoint(endpoints: Sequence[str]) -> str:
-    """The address to connect to now. The one place that chooses: today the first of
-    ``COORDD_ENDPOINTS``; following a leader among several coordd is decided here."""
+    """The address a new connection starts with: the first of ``COORDD_ENDPOINTS``.
+    Which one a connection uses after that (the leader) is ``Caller.endpoints``'s call."""
     return endpoints[0]
+
+
+# How long a call to several coordd keeps looking for a leader: a failover takes the
+# lease (15 s by default) plus a standby's retry; a call gives up a good while after.
+FOLLOW_FOR = 30.0
+# Between resends to a standby that does not know the leader yet.
+FOLLOW_PAUSE = 0.1
+# Idempotent already: never given a request id (they are the hot path).
+_NO_ID = (protocol.Heartbeat, protocol.HeartbeatBatch)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def follows_leader(reply: protocol.Ok | protocol.Error) -> bool:
+    """A reply that says: ask another coordd (a standby, or a leader that could not
+    commit and is stepping down)."""
+    if not isinstance(reply, protocol.Error):
+        return False
+    return reply.code == "not_leader" or (
+        reply.code == "unavailable" and reply.message.startswith("not acknowledged")
+    )
 
 
 def load_curve(curve_key: str, server_key: str) -> CurveKeys | None:
@@ -96,9 +121,11 @@ def as_link(target: str | Link) -> Link:
     return target if isinstance(target, Link) else Link((target,))
 
 
-def dealer(endpoint: str | Link, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[bytes]:
+def dealer(
+    endpoint: str | Link, ctx: zmq.Context[Any] | None = None, address: str | None = None
+) -> zmq.Socket[bytes]:
     """A connected DEALER socket (with CURVE when the link has keys) that drops unsent
-    messages on close."""
+    messages on close; to ``address`` if given, else the link's first address."""
     link = as_link(endpoint)
     sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -106,12 +133,18 @@ def dealer(endpoint: str | Link, ctx: zmq.Context[Any] | None = None) -> zmq.Soc
         sock.curve_publickey = link.curve.public
         sock.curve_secretkey = link.curve.secret
         sock.curve_serverkey = link.curve.server
-    sock.connect(link.address())
+    sock.connect(address or link.address())
     return sock
 
 
 class Caller:
     """A DEALER connection that calls: send, poll with a timeout, decode the reply.
+
+    With several endpoints (``COORDD_ENDPOINTS``, several coordd of one PostgreSQL
+    cluster) it finds the leader: each request gets a ``request_id``, and one that
+    times out or is answered ``not_leader`` is resent, to the next endpoint or the one
+    named, for up to ``follow_for`` seconds; coordd applies an id once, so a resend
+    after a failover never acts twice.
 
     Not thread-safe (no ZeroMQ socket is): one Caller per thread, or a lock around it.
     """
@@ -121,6 +154,8 @@ class Caller:
     ) -> None:
         self.link = as_link(endpoint)
         self.timeout = timeout
+        self.follow_for = FOLLOW_FOR
+        self.endpoints = Endpoints(self.link.endpoints)
         self.codec = protocol.Codec()
         self._ctx = ctx
         # Messages coordd pushes unasked (``Revoked``) that arrive while a reply is
@@ -130,16 +165,42 @@ class Caller:
 
     @property
     def endpoint(self) -> str:
-        return self.link.address()
+        return self._address
 
     def _socket(self) -> zmq.Socket[bytes]:
-        sock = dealer(self.link, self._ctx)
+        self._address = self.endpoints.current()
+        sock = dealer(self.link, self._ctx, self._address)
         # A full send queue (no peer reading) counts against the same deadline.
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
         return sock
 
     def call(self, req: protocol.Request) -> protocol.Ok | protocol.Error:
         """Send ``req``; its decoded reply (``Ok`` or ``Error``), or raise Timeout."""
+        if not self.endpoints.several:
+            return self._call_once(req)
+        if req.request_id is None and not isinstance(req, _NO_ID):
+            req.request_id = new_request_id()
+        give_up = time.monotonic() + self.follow_for
+        while True:
+            if self.endpoints.current() != self._address:
+                self.sock.close(0)
+                self.sock = self._socket()
+            at = self._address
+            try:
+                reply = self._call_once(req)
+            except Timeout:
+                self.endpoints.timed_out(at)
+                if time.monotonic() >= give_up:
+                    raise
+                continue
+            self.endpoints.answered(at)
+            if not follows_leader(reply) or time.monotonic() >= give_up:
+                return reply
+            leader = reply.leader if isinstance(reply, protocol.Error) else None
+            if not self.endpoints.not_leader(at, leader):
+                time.sleep(FOLLOW_PAUSE)
+
+    def _call_once(self, req: protocol.Request) -> protocol.Ok | protocol.Error:
         deadline = time.monotonic() + self.timeout
         try:
             self.sock.send(self.codec.encode(req))

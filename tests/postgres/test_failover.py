@@ -146,6 +146,51 @@ def test_a_resend_after_failover_is_answered_not_applied_twice(
     assert isinstance(standby.request(sock, fresh), protocol.Error)
 
 
+def test_an_sdk_agent_follows_the_leader_and_keeps_its_lease(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    from coordd.agent import Agent
+    from coordd.rpc import Link
+
+    leader, standby = pair(coordd_factory, migrated_dsn, stale_threshold=3.0)
+    link = Link((leader.agent_endpoint, standby.agent_endpoint))
+    agent = Agent(link, "a1", heartbeat_interval=0.3, timeout=0.5)
+    try:
+        held = agent.lease("t", "survives a failover")
+        leader.stop(signal.SIGKILL)
+        wait_for(lambda: role(standby) == "leader", timeout=4.0, what="the takeover")
+        # Past the restart grace and a whole threshold more: only heartbeats that reach
+        # the new leader keep the item fresh.
+        taken = time.monotonic()
+        wait_for(lambda: time.monotonic() - taken > 2 * 3.0 + 0.5, timeout=10)
+        item = standby.call(protocol.Show(work_item_id=held.work_item_id))
+        assert item["status"] == "active" and item["stale_since"] is None
+        assert (item["agent_id"], item["lease"]) == ("a1", held.lease)
+        assert not held.lost.is_set()
+        assert agent._caller.endpoints.current() == standby.agent_endpoint
+        held.complete(velocity=2)  # through the Caller, which found the leader too
+        assert standby.call(protocol.Status())["team_velocity"] == {"": 2}
+    finally:
+        agent.close()
+
+
+def test_coordctl_with_several_endpoints_finds_the_leader(
+    coordd_factory: Any, migrated_dsn: str
+) -> None:
+    leader, standby = pair(coordd_factory, migrated_dsn)
+    leader.stop(signal.SIGKILL)
+    wait_for(lambda: role(standby) == "leader", timeout=4.0, what="the takeover")
+    # The dead one first: coordctl times out on it, then the standby (now leader) serves.
+    env = {
+        "COORDD_ENDPOINTS": f"{leader.agent_endpoint},{standby.agent_endpoint}",
+        "COORDD_CLIENT_TIMEOUT": "0.5",
+        "AGENT_ID": "ctl",
+    }
+    done = standby.ctl("claim", "t", "from coordctl", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert standby.call(protocol.Status())["counts"]["active"] == 1
+
+
 def test_systemd_sees_a_ready_standby_and_its_takeover(
     coordd_factory: Any, migrated_dsn: str, short_tmp: Path
 ) -> None:
