@@ -449,20 +449,39 @@ class Bench:
             recovery.tick(state, t0 + threshold - 1 + k * 0.001)
             quiet.append(time.perf_counter() - t)
         quiet.sort()
-        t = time.perf_counter()
-        recovered = recovery.tick(state, t0 + threshold + 1)
-        busy = time.perf_counter() - t
+        # 1% expire at once: ticks back to back (as the loop runs them while
+        # expired_waiting) until every one is recovered, each tick within its budget.
+        at = t0 + threshold + 1
+        ticks: list[float] = []
+        recovered = 0
+        while True:
+            t = time.perf_counter()
+            got = len(recovery.tick(state, at))
+            ticks.append(time.perf_counter() - t)
+            recovered += got
+            if not state.expired_waiting(at):
+                break
         state.drain()
-        assert len(recovered) == expiring, (len(recovered), expiring)
+        assert recovered == expiring, (recovered, expiring)
         where: dict[str, Any] = {"items": n, "in_process": True, "clock": "injected"}
         self.add(
             f"s5_tick_0_expired_{n}_items", us(percentile(quiet, 50)), "us",
             "target 1 ms", 1000, n=len(quiet), target="ratio <= 1",
             met=percentile(quiet, 50) <= 0.001, **where,
         )  # fmt: skip
+        longest = max(ticks)
         self.add(
-            f"s5_tick_1pct_expired_{n}_items", us(busy), "us", n=1, expired=expiring,
-            per_expired_us=us(busy / expiring), **where,
+            f"s5_tick_longest_1pct_expired_{n}_items", us(longest), "us", "target 10 ms",
+            10_000, n=len(ticks), target="ratio <= 1", met=longest <= 0.010,
+            expired=expiring, ticks=len(ticks), budget=recovery.TICK_BUDGET,
+            per_expired_us=us(sum(ticks) / expiring), **where,
+        )  # fmt: skip
+        self.add(
+            f"s5_recovery_delay_1pct_expired_{n}_items", sum(ticks) * 1000, "ms", n=len(ticks),
+            expired=expiring, ticks=len(ticks), budget=recovery.TICK_BUDGET,
+            note="the last item's wait for its recovery: ticks back to back (the loop serves"
+            " its sockets between them)",
+            **where,
         )  # fmt: skip
         # Heartbeats move only last_heartbeat; an entry surfaces when its recorded deadline
         # passes and is re-queued then. Measure that re-queue cost per entry.
@@ -470,7 +489,7 @@ class Bench:
             if item.status == "active" and item.agent_id is not None:
                 state.heartbeat(item.agent_id, t0 + 200, item.work_item_id, item.lease)
         t = time.perf_counter()
-        none = recovery.tick(state, t0 + threshold + 10.5)
+        none = recovery.tick(state, t0 + threshold + 10.5, budget=None)
         requeue = time.perf_counter() - t
         requeued = n - expiring
         per = requeue / max(1, requeued)

@@ -341,14 +341,19 @@ class State:
     def _unindex(self, item: WorkItem) -> None:
         self._ix.leave(item)
 
-    def pop_expired(self, now: float) -> list[WorkItem]:
-        """Active items whose deadline has passed, removed from the heap.
+    def pop_expired(self, now: float, limit: int | None = None) -> list[WorkItem]:
+        """Active items whose deadline has passed (at most ``limit``, earliest deadline
+        first), removed from the heap.
 
         Cost grows with the entries whose recorded deadline has passed, not with the
         items held: a heartbeat only moves ``last_heartbeat``; the item's entry is
         re-queued at its true deadline when it surfaces.
         """
-        return self._ix.pop_expired(now, self.items, self.policy, self.not_before)
+        return self._ix.pop_expired(now, self.items, self.policy, self.not_before, limit)
+
+    def expired_waiting(self, now: float) -> bool:
+        """A bounded ``pop_expired`` left entries whose deadline has passed."""
+        return self._ix.expired_waiting(now)
 
     def rebuild_indexes(self) -> None:
         """Recompute every index from ``items`` (after a load, a replay or an import)."""

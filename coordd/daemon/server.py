@@ -317,8 +317,10 @@ class Daemon:
                 self.reload()
                 self.curve.reload_keys()
             if now >= next_tick:
-                self.on_tick(now)
-                next_tick = now + self.cfg.tick_interval
+                # A tick that hit its budget left expired items: the next one runs on
+                # the next wake-up, after the sockets are served, not a whole interval on.
+                backlog = self.on_tick(now)
+                next_tick = now if backlog else now + self.cfg.tick_interval
             self._flush()
             self.on_wake(self.clock.mono())
             self.notifier.ping()
@@ -665,7 +667,9 @@ class Daemon:
             outbox.send(sock, envelope, payload)
         self._replies.clear()
 
-    def on_tick(self, now: float) -> None:
+    def on_tick(self, now: float) -> bool:
+        """Recover what expired (within the tick's budget); True if some are left."""
+        left = False
         if self.leading:  # a standby judges nobody: its leader does, and journals it
             started = time.perf_counter()
             recovery.tick(self.state, now)
@@ -675,10 +679,12 @@ class Daemon:
                 # The cut-off is compared with the times items were stamped with: wall.
                 self.state.prune(self.state.wall(now) - self.cfg.retention, PRUNE_BATCH)
             metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+            left = self.state.expired_waiting(now)
         # Request ids' times are wall times (they outlive this process's monotonic clock).
         self.state.forget_applied(self.state.wall(now) - self.cfg.request_id_ttl, REQUEST_IDS_KEPT)
         self._sample()
         self.notifier.status(self._status_line())
+        return left
 
     def _sample(self) -> None:
         """Hand the metrics thread a copy of the counts (it must not walk live dicts)."""

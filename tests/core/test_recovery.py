@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordd.core import recovery, views
+from coordd.core import indexes, recovery, views
 from coordd.core.model import Conflict, LeaseLost, NotOwner, WorkItem
 from coordd.core.rules import Policy, TypeRule, threshold
 from coordd.core.state import State
@@ -277,6 +277,41 @@ def test_heartbeated_items_cost_one_requeue_each_when_their_old_deadline_passes(
     assert recovery.tick(st, T0 + 14) == []
     assert st.heap_pops - before == 100
     assert len(recovery.tick(st, T0 + 15)) == len(items)
+
+
+def test_a_tick_recovers_at_most_its_budget_oldest_first_and_says_more_are_waiting() -> None:
+    """Many items expiring at once are spread over ticks: each tick is bounded, the
+    longest-silent go first, and none is lost or recovered twice."""
+    st = make(stale_threshold=10, recovery="reassign")
+    ids = [st.claim("a", "t", "d", T0 + k * 0.001).work_item_id for k in range(10)]
+    st.drain()
+    now = T0 + 20
+    batches = []
+    while True:
+        batch = recovery.tick(st, now, budget=3)
+        assert len(batch) <= 3
+        if not batch:
+            break
+        batches.append([r.work_item_id for r in batch])
+        assert st.expired_waiting(now) == (sum(map(len, batches)) < len(ids))
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert [w for b in batches for w in b] == ids  # claimed first, silent longest: first
+    assert st.counts()["pending"] == 10 and not st.expired_waiting(now)
+
+
+def test_a_budgeted_tick_bounds_heap_work_on_re_queued_entries_too() -> None:
+    st = make(stale_threshold=10)
+    for _ in range(100):
+        st.claim("a", "t", "d", T0)
+    st.heartbeat("a", T0 + 5)  # every entry surfaces at T0 + 10 and is re-queued
+    before = st.heap_pops
+    assert recovery.tick(st, T0 + 10, budget=5) == []
+    assert st.heap_pops - before <= 5 * indexes.POPS_PER_EXPIRED
+    assert st.expired_waiting(T0 + 10)
+    while st.expired_waiting(T0 + 10):
+        assert recovery.tick(st, T0 + 10, budget=5) == []
+    assert st.heap_pops - before == 100  # each still surfaced once in all
+    assert len(recovery.tick(st, T0 + 15, budget=None)) == 100
 
 
 # --- manual recovery and the reports -------------------------------------------------

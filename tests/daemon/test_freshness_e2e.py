@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import zmq
 
 from coordd import protocol
 from coordd.agent import Agent, LeaseLostError
+from coordd.core import recovery
 from coordd.core.model import Event
 from tests.conftest import CoorddProcess
 from tests.helpers import wait_for
@@ -212,3 +214,34 @@ def test_heartbeat_events_are_published_when_configured(coordd_factory: Any) -> 
         "refreshed 2",
         "refreshed 3",
     }
+
+
+def test_items_expiring_at_once_beyond_a_ticks_budget_are_recovered_back_to_back(
+    coordd_factory: Any,
+) -> None:
+    """More items expire at once than one tick may recover: each tick is bounded, and
+    the ones left are recovered on the next wake-ups, not a tick interval apart."""
+    interval = 3.0
+    d = coordd_factory(
+        {
+            "stale_threshold": 0.3,
+            "heartbeat_interval": 0.1,
+            "tick_interval": interval,
+            "fsync": "never",
+        }
+    )
+    n = 2 * recovery.TICK_BUDGET + 100
+    sock = d.agent()
+    for k in range(n):
+        d.send(sock, protocol.Claim(agent_id=f"m{k % 7}", work_type="t", description="d"))
+    replies = [d.recv(sock) for _ in range(n)]
+    assert all(isinstance(r, protocol.Ok) for r in replies)
+
+    def detected() -> int:
+        return int(d.call(protocol.Status())["counters"]["stale_detected"])
+
+    wait_for(lambda: detected() > 0, timeout=3 * interval)
+    first = time.monotonic()
+    wait_for(lambda: detected() == n, timeout=3 * interval)
+    assert time.monotonic() - first < interval  # not one budget per tick interval
+    assert d.call(protocol.Status())["counts"]["pending"] == n
