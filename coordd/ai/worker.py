@@ -88,8 +88,15 @@ class AiWorker:
         self._futures: dict[int, Future[None]] = {}
         self._loop = asyncio.new_event_loop()
         self._router: Router | None = None
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="coordd-ai", daemon=True)
         self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker has imported what it needs and built its providers'
+        clients (the daemon does, before it serves: that work holds the GIL for tens
+        of milliseconds, which the loop's heartbeats would otherwise wait for)."""
+        return self._ready.wait(timeout)
 
     @property
     def in_flight(self) -> int:
@@ -129,9 +136,22 @@ class AiWorker:
     def _serve(self) -> None:
         # The SDK takes about a second to import: pay it here, before any job's deadline
         # starts, and not on the daemon's loop.
-        if self.settings.provider != "ollama":
-            import anthropic  # noqa: F401
+        try:
+            if self.settings.provider != "ollama":
+                import anthropic  # noqa: F401
+            self._loop.call_soon(self._warm)
+        except BaseException:
+            self._ready.set()
+            raise
         self._loop.run_forever()
+
+    def _warm(self) -> None:
+        try:
+            self.router()
+        except Exception:  # a job will meet the same error and report it
+            log.exception("ai_warm_failed")
+        finally:
+            self._ready.set()
 
     def router(self) -> Router:
         if self._router is None:  # built on the worker's loop, where its clients live

@@ -186,6 +186,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup_signal)
+        self.ai.start()
         log.info(
             "started",
             version=__version__,
