@@ -399,7 +399,9 @@ class Daemon:
         # each option into an enum first (measured: 2.3 us per message). A ROUTER's first
         # part is always the routing id and always has a part after it, so it is taken as
         # plain bytes; the next parts come as Frames, which say themselves whether more
-        # follow (Frame.more): 0.85 us per message, same frames for _handle.
+        # follow (Frame.more): 0.85 us per message. The payload is decoded straight from
+        # its Frame's buffer, and the envelope list and the payload's bytes are made only
+        # for a request that is answered (-0.1 us per one-way heartbeat).
         recv = sock.recv
         decode = self.codec.request_decoder.decode
         heartbeat = self.state.heartbeat
@@ -410,19 +412,21 @@ class Daemon:
         on_agent_sock = sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
             try:
-                envelope = [recv(_NOBLOCK)]
+                routing_id = recv(_NOBLOCK)
             except zmq.Again:
                 return
             frame = recv(_NOBLOCK, copy=False)
-            while frame.more:
-                envelope.append(frame.bytes)
-                frame = recv(_NOBLOCK, copy=False)
-            payload = frame.bytes
-            if blocked and (sock, envelope[0]) in blocked:
-                self.outbox.refuse((sock, envelope[0]))  # it does not read: not run
+            envelope = None
+            if frame.more:  # a REQ-style delimiter, or more: all but the last part
+                envelope = [routing_id]
+                while frame.more:
+                    envelope.append(frame.bytes)
+                    frame = recv(_NOBLOCK, copy=False)
+            if blocked and (sock, routing_id) in blocked:
+                self.outbox.refuse((sock, routing_id))  # it does not read: not run
                 continue
             try:
-                req = decode(payload)
+                req = decode(frame)  # type: ignore[arg-type]  # a Frame is a buffer
             except Exception:  # DecodeError, UnicodeDecodeError, RecursionError...
                 req = None  # _handle decodes again and answers with the reason
             if (
@@ -439,17 +443,18 @@ class Daemon:
                 # agent that lost leases is answered by the handler.
                 if on_agent_sock and req.push:
                     known = conns.get(req.agent_id)
-                    if known is None or next(reversed(known)) != envelope[0]:
-                        self._note_conn(req.agent_id, envelope)
+                    if known is None or next(reversed(known)) != routing_id:
+                        self._note_conn(req.agent_id, envelope or [routing_id])
                 try:
                     heartbeat(
                         req.agent_id, now, req.work_item_id, req.lease, req.progress, req.checkpoint
                     )
                 except Exception as e:
-                    self._failed(sock, envelope, req, e)
+                    self._failed(sock, envelope or [routing_id], req, e)
                 continue
-            envelope.append(payload)
-            self._handle_safely(sock, envelope, now, from_control, req, None)
+            frames = envelope or [routing_id]
+            frames.append(frame.bytes)
+            self._handle_safely(sock, frames, now, from_control, req, None)
             if time.monotonic() > budget_end:
                 return  # the rest waits for the next wake-up, after these replies
 
