@@ -74,6 +74,7 @@ QUICK = Sizes(
 
 BIG_LIMITS = {"max_items": 5_000_000, "max_batch": 10_000}
 MAX_MSGS = 100_000_000  # a bound no run reaches in its time window
+RECORD = b"r" * 200  # what the fsync references write
 
 
 def us(seconds: float) -> float:
@@ -222,28 +223,71 @@ class Bench:
         self.add("ref_echo_rtt_p99", us(percentile(lat, 99)), "us", n=n)
 
     def ref_fsync(self) -> None:
-        """``write`` of 200 bytes + ``fsync`` on the disk the state directories live on."""
-        n = self.sizes.fsync_n
-        path = self.base / "fsync.bin"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        record = b"r" * 200
+        """``write`` of 200 bytes + ``fsync`` on the disk the state directories live on
+        (the reference the claim targets use), and the same 200 bytes written into a
+        preallocated file (as coordd's journal is since format 2) made durable with
+        ``fdatasync`` or written with ``O_DSYNC``: the journal lever weighed in the run."""
+
+        def appended(path: Path) -> int:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        def fsync(fd: int, off: int) -> None:
+            os.write(fd, RECORD)
+            os.fsync(fd)
+
+        lat = self._sync_latencies("fsync.bin", appended, fsync)
+        self.refs["fsync_p50"] = percentile(lat, 50)
+        self.refs["fsync_p99"] = percentile(lat, 99)
+        self.add("ref_fsync_p50", us(percentile(lat, 50)), "us", n=len(lat), bytes=200)
+        self.add("ref_fsync_p99", us(percentile(lat, 99)), "us", n=len(lat), bytes=200)
+
+        def preallocated(path: Path, flags: int = 0) -> int:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.posix_fallocate(fd, 0, 8 << 20)
+            os.fsync(fd)
+            if not flags:
+                return fd
+            os.close(fd)
+            return os.open(path, os.O_RDWR | flags)
+
+        def fdatasync(fd: int, off: int) -> None:
+            os.pwrite(fd, RECORD, off)
+            os.fdatasync(fd)
+
+        def dsync_write(fd: int, off: int) -> None:
+            os.pwrite(fd, RECORD, off)
+
+        for name, opener, write in (
+            ("fdatasync", preallocated, fdatasync),
+            ("o_dsync", lambda p: preallocated(p, os.O_DSYNC), dsync_write),
+        ):
+            lat = self._sync_latencies(f"{name}.bin", opener, write)
+            for q in (50, 99):
+                self.add(
+                    f"ref_preallocated_{name}_p{q}", us(percentile(lat, q)), "us",
+                    "write + fsync appended (ref_fsync)", us(self.refs[f"fsync_p{q}"]),
+                    n=len(lat), bytes=200,
+                )  # fmt: skip
+
+    def _sync_latencies(
+        self, name: str, opener: Callable[[Path], int], write: Callable[[int, int], None]
+    ) -> list[float]:
+        path = self.base / name
+        fd = opener(path)
         lat = []
         deadline = time.monotonic() + 60
         try:
-            for _ in range(n):
+            for i in range(self.sizes.fsync_n):
                 t = time.perf_counter()
-                os.write(fd, record)
-                os.fsync(fd)
+                write(fd, i * len(RECORD))
                 lat.append(time.perf_counter() - t)
                 if time.monotonic() > deadline:
                     break
         finally:
             os.close(fd)
+            path.unlink(missing_ok=True)
         lat.sort()
-        self.refs["fsync_p50"] = percentile(lat, 50)
-        self.refs["fsync_p99"] = percentile(lat, 99)
-        self.add("ref_fsync_p50", us(percentile(lat, 50)), "us", n=len(lat), bytes=200)
-        self.add("ref_fsync_p99", us(percentile(lat, 99)), "us", n=len(lat), bytes=200)
+        return lat
 
     # --- the Redis peer (bench/peer.py) ------------------------------------------------
 
