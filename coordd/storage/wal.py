@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -208,6 +209,9 @@ class WalWriter:
         self._fd: int | None = None
         self._dirty = False
         self._last_sync = 0.0
+        # everysec: the once-a-second fdatasync runs on a thread (as Redis's does), not
+        # on the loop, where it held every request of that wake-up for its duration.
+        self._bg = BackgroundSync(observe_fsync) if fsync == FsyncPolicy.EVERYSEC else None
 
     def create(self, generation: int, base: tuple[int, int] = (0, 0), tail: bytes = b"") -> None:
         """Start a journal of ``generation`` holding ``tail`` (whole frames copied from
@@ -285,6 +289,7 @@ class WalWriter:
 
     def sync(self) -> None:
         """Make every appended batch durable now (one fdatasync, timed for the metrics)."""
+        self._bg_idle()
         if self._fd is not None and self._dirty:
             t0 = time.perf_counter()
             try:
@@ -302,13 +307,32 @@ class WalWriter:
         self._last_sync = time.monotonic()
 
     def tick(self) -> None:
-        """The ``everysec`` fsync, on every wake-up of the loop."""
-        if (
-            self.fsync == FsyncPolicy.EVERYSEC
-            and self._dirty
-            and time.monotonic() - self._last_sync >= 1.0
-        ):
-            self.sync()
+        """The ``everysec`` fsync, on every wake-up of the loop: handed to the background
+        thread (a sync still running is not doubled; its failure stops coordd here)."""
+        bg = self._bg
+        if bg is None:
+            return
+        self._raise_bg_error()
+        due = self._dirty and time.monotonic() - self._last_sync >= 1.0
+        # What is written before the hand-over is covered by that sync; a later append
+        # sets _dirty again for the next second.
+        if due and self._fd is not None and bg.start(self._fd):
+            self._dirty = False
+            self._last_sync = time.monotonic()
+
+    def _bg_idle(self) -> None:
+        """Wait for a background sync to end (before a sync, a rotation, a close)."""
+        if self._bg is not None:
+            self._bg.idle()
+            self._raise_bg_error()
+
+    def _raise_bg_error(self) -> None:
+        if self._bg is not None and self._bg.error is not None:
+            e = self._bg.error
+            raise StoreError(
+                f"cannot fsync {self.path}: {os_reason(e, self.path)};"
+                " coordd stops so that nothing unwritten is acknowledged"
+            ) from e
 
     def sync_if_dirty(self) -> None:
         """Sync whatever the policy, before a snapshot: a snapshot must never hold a
@@ -318,6 +342,9 @@ class WalWriter:
 
     def close(self) -> None:
         """Flush what the policy promised, then close."""
+        if self._bg is not None:
+            self._bg.idle()
+            self._bg.close()
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
@@ -326,6 +353,8 @@ class WalWriter:
         self._close_fd()
 
     def _close_fd(self) -> None:
+        if self._bg is not None:
+            self._bg.idle()  # the thread must not sync a closed (or reused) fd number
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
@@ -341,6 +370,68 @@ class WalWriter:
         os.fdatasync(self._fd)
         link_over(self.path, self.prev_path)
         self.create(generation + 1, (generation, offset), tail)
+
+
+class BackgroundSync:
+    """The ``everysec`` fdatasync on a thread of its own, as Redis's bio thread does it:
+    the loop hands the fd over and goes on serving; a sync still running when the next
+    second comes is not doubled. A failure is kept and raised on the loop by ``check``.
+    Whoever closes the fd waits for ``idle`` first (a closed number may be reused)."""
+
+    def __init__(self, observe: Callable[[float], None] | None) -> None:
+        self._observe = observe
+        self._cond = threading.Condition()
+        self._fd: int | None = None  # handed over, not yet synced
+        self._busy = False
+        self._stop = False
+        self.error: OSError | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, fd: int) -> bool:
+        """Sync ``fd`` in the background; False if one is still running."""
+        with self._cond:
+            if self._busy:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="coordd-fsync", daemon=True)
+                self._thread.start()
+            self._fd, self._busy = fd, True
+            self._cond.notify_all()
+        return True
+
+    def idle(self) -> None:
+        """Wait until no sync is running."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._fd is None and not self._stop:
+                    self._cond.wait()
+                if self._fd is None:
+                    return
+                fd, self._fd = self._fd, None
+            t0 = time.perf_counter()
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                self.error = e
+            else:
+                if self._observe is not None:
+                    self._observe(time.perf_counter() - t0)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 def link_over(src: Path, dst: Path) -> None:

@@ -53,6 +53,43 @@ def test_each_batch_is_one_timed_sync_with_always_and_none_with_never(d: Path) -
     assert synced == []
 
 
+def test_everysec_syncs_on_a_thread_once_a_second_and_never_a_closed_fd(d: Path) -> None:
+    """The loop only hands the fd over; the sync runs on another thread, and a rotation
+    or a close waits for it."""
+    synced: list[str] = []
+    st, store = open_fresh(d, "everysec", observe_fsync=lambda s: synced.append(thread()))
+    work(st, store, 3)
+    store.tick()  # less than a second since the load's sync: nothing handed over
+    writer = store._wal
+    writer._last_sync = 0.0  # a second has passed
+    store.tick()
+    assert writer._bg is not None
+    writer._bg.idle()
+    assert synced and all(name == "coordd-fsync" for name in synced)
+    assert not writer._dirty
+    work(st, store, 2, start=3)
+    store.close()  # waits for the thread, then its own sync
+    assert view(reload(d)[0]) == view(st)
+
+
+def test_a_failed_background_sync_stops_coordd_on_the_next_tick(d: Path) -> None:
+    st, store = open_fresh(d, "everysec")
+    work(st, store, 1)
+    writer = store._wal
+    assert writer._bg is not None
+    writer._bg.error = OSError(5, "Input/output error")
+    with pytest.raises(StoreError, match="cannot fsync"):
+        store.tick()
+    writer._bg.error = None
+    store.close()
+
+
+def thread() -> str:
+    import threading
+
+    return threading.current_thread().name
+
+
 def test_an_unknown_fsync_policy_is_refused(d: Path) -> None:
     with pytest.raises(ValueError, match="always, everysec, never"):
         wal.WalWriter(d / wal.WAL_NAME, "sometimes")
