@@ -372,6 +372,8 @@ class Bench:
         s = self.sizes
         rp, base = peer.start()
         try:
+            if rp is not None:
+                rp.appendfsync("everysec")  # as the peer's s1 figure
             for k in s.sweep_senders:
                 chart: dict[str, Any] = {"chart": "ingest_vs_senders", "x": k, "senders": k}
                 raw = self.one_way_rate(k, s.sweep_seconds)
