@@ -305,6 +305,13 @@ class Bench:
                 "target 1,000,000 item heartbeats/s", 1_000_000, n=applied,
                 target="ratio >= 1", met=rate >= 1_000_000, senders=s.senders, batch=100,
             )  # fmt: skip
+            pipelined = self.refs.get("redis_pexpire_pipelined_per_s")
+            if pipelined:
+                self.add(
+                    "s2_batched_vs_redis_pexpire_pipelined", rate, "item hb/s",
+                    "Redis PEXPIRE/s pipelined, same number of clients", pipelined, n=applied,
+                    note="one message carries 100 items; Redis has no batched PEXPIRE",
+                )  # fmt: skip
             return
         ref = self.refs.get("one_way")
         self.add(
