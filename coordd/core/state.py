@@ -567,6 +567,27 @@ class State:
         changes: a heartbeat lost in a crash costs at most one interval of freshness,
         never data.
         """
+        item = self.items.get(work_item_id) if work_item_id is not None else None
+        if (
+            item is not None
+            and item.agent_id == agent_id
+            and (lease is None or lease == item.lease)
+            and item.status == _ACTIVE
+            and item.stale_since is None
+            and (progress is None or progress == item.progress)
+            and (checkpoint is None or checkpoint == item.checkpoint)
+            and not self.heartbeat_events
+        ):
+            # The common case in one test (the holder refreshing a fresh item, no event
+            # asked for): what the general path does, without its calls. Heartbeats are
+            # the hot path; one Python call less is ~4% of a one-way heartbeat.
+            self._ix.heard[work_item_id] = now
+            item.last_heartbeat = wall = now + self.wall_offset
+            agent = self.agents.get(agent_id)
+            if agent is not None:
+                agent.last_heartbeat = wall
+            self.counters["heartbeats"] += 1
+            return 1
         n = self._heartbeat(agent_id, now, work_item_id, lease, progress, checkpoint)
         if self.heartbeat_events:
             self._emit(
@@ -601,24 +622,6 @@ class State:
                 n += 1
             self.counters["heartbeats"] += max(n, 1)
             return n
-        item = self.items.get(work_item_id)
-        if (
-            item is not None
-            and item.agent_id == agent_id
-            and (lease is None or lease == item.lease)
-            and item.status == _ACTIVE
-            and item.stale_since is None
-            and (progress is None or progress == item.progress)
-            and (checkpoint is None or checkpoint == item.checkpoint)
-        ):
-            # The common case in one test (the holder refreshing a fresh item): what the
-            # general path below would do, without its calls. Heartbeats are the hot path.
-            self._ix.heard[work_item_id] = now
-            item.last_heartbeat = wall = now + self.wall_offset
-            if agent is not None:
-                agent.last_heartbeat = wall
-            self.counters["heartbeats"] += 1
-            return 1
         item = self.get(work_item_id)
         self._check_holder(item, agent_id, lease, now)
         if agent is not None:
