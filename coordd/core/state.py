@@ -581,7 +581,7 @@ class State:
             # The common case in one test (the holder refreshing a fresh item, no event
             # asked for): what the general path does, without its calls. Heartbeats are
             # the hot path; one Python call less is ~4% of a one-way heartbeat.
-            self._ix.heard[work_item_id] = now
+            self._ix.heard[item.work_item_id] = now
             item.last_heartbeat = wall = now + self.wall_offset
             agent = self.agents.get(agent_id)
             if agent is not None:
