@@ -277,10 +277,7 @@ class Hub:
             case "release":
                 req = protocol.Release(work_item_id=_required(wid))
             case "retry":
-                retry = getattr(protocol, "Retry", None)
-                if retry is None:
-                    raise ValueError("this coordd has no retry request yet (coordctl retry)")
-                req = retry(work_item_id=_required(wid))
+                req = protocol.Retry(work_item_id=_required(wid))
             case "ai_priorities":
                 req = protocol.AiPriorities(fresh=bool(body.get("fresh")))
                 timeout = self.cfg.ai_timeout + 5

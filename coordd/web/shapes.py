@@ -1,8 +1,8 @@
-"""The JSON the page receives, in one module: when coordd/views.py (the shared view
-types) lands, these functions become calls to it and nothing else changes.
-
-Times are seconds since the epoch as the daemon wrote them; the page computes
-"silent for" from ``last_heard`` and the server's ``now`` sent with every view.
+"""The JSON the page receives, in one module. Not coordd/views.py's views (what
+``coordctl --json`` and the MCP tools print): the page is sent every change, to every
+browser, several times a second, so its rows are compact (short keys, a description
+cut to 300 characters) and its times are epoch seconds, from which the page computes
+"silent for" with ``last_heard`` and the server's ``now`` sent with every view.
 """
 
 from __future__ import annotations

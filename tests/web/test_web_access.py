@@ -142,7 +142,6 @@ def _until(check: Any, timeout: float = 10.0) -> None:
     pytest.fail("condition not met in time")
 
 
-@pytest.mark.skipif(not hasattr(protocol, "Retry"), reason="this coordd has no retry request yet")
 def test_retry_puts_a_failed_item_back_with_the_operator_token(web: WebProcess) -> None:
     d = web.d
     wid = d.call(protocol.Claim(agent_id="a1", work_type="t", description="x"))["work_item_id"]
