@@ -55,13 +55,12 @@ from coordd.core.model import (
     UnknownWork,
     WorkItem,
 )
+from coordd.core.revocations import LostLeases
 from coordd.core.rules import Policy
 from coordd.kinds import PRIORITY_RANK, Priority, Status, Strategy
 
 # Recently recovered items remembered for ``check-stale`` and the dashboard.
 RECENT_RECOVERIES = 10_000
-# Lost leases kept per agent until its next agent-level heartbeat asks.
-LOST_PER_AGENT = 1000
 
 # On Python 3.11 reading ``Status.ACTIVE`` costs ~75 ns (EnumType defines __getattr__, so
 # every class attribute read goes through a Python-level hook): a quarter of a heartbeat's
@@ -100,7 +99,7 @@ class State:
         # Leases lost to recoveries: pushed by the edge once durable (``take_revocations``)
         # and answered to the agent's next agent-level heartbeat (``take_lost``).
         self.revocations: list[Revocation] = []
-        self.lost: dict[str, list[Revocation]] = {}
+        self.lost = LostLeases()
         # Ids of recently recovered items, oldest first (a view's index: rebuilt at load).
         self.recent: deque[str] = deque(maxlen=RECENT_RECOVERIES)
         self.counters: dict[str, int] = {
@@ -948,10 +947,7 @@ class State:
             strategy=strategy,
         )
         self.revocations.append(rev)
-        lost = self.lost.setdefault(holder, [])
-        lost.append(rev)
-        if len(lost) > LOST_PER_AGENT:
-            del lost[0]
+        self.lost.add(rev)
 
     def take_revocations(self) -> list[Revocation]:
         """The leases lost since the last call, each with the item's holder now."""
@@ -964,7 +960,7 @@ class State:
 
     def take_lost(self, agent_id: str) -> list[Revocation]:
         """What ``agent_id`` lost since it last asked (its agent-level heartbeat)."""
-        return self.lost.pop(agent_id, [])
+        return self.lost.take(agent_id)
 
     # --- reads -----------------------------------------------------------------
 

@@ -408,7 +408,7 @@ class Daemon:
         heartbeat_type, version = protocol.Heartbeat, protocol.PROTOCOL_VERSION
         blocked = self.outbox.blocked
         budget_end = time.monotonic() + BATCH_SECONDS
-        lost, conns = self.state.lost, self.beat_conns
+        lost, conns = self.state.lost.by_agent, self.beat_conns
         on_agent_sock = sock is self.agent_sock
         for _ in range(self.cfg.max_batch):
             try:

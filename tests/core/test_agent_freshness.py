@@ -13,6 +13,7 @@ from coordd import protocol
 from coordd.config import Config
 from coordd.core import recovery, views
 from coordd.core.model import BadRequest, Conflict, PutItem
+from coordd.core.revocations import LostLeases
 from coordd.core.rules import Policy, TypeRule, threshold_warnings
 from coordd.core.state import State
 from coordd.daemon import handlers, routes
@@ -341,3 +342,26 @@ def test_recent_recoveries_are_rebuilt_after_a_restart() -> None:
     assert [e.work_item_id for e in views.recent_recoveries(st2, T0 + 30, 3600)] == [
         item.work_item_id
     ]
+
+
+def test_lost_leases_kept_for_agents_that_never_ask_are_bounded_in_all() -> None:
+    """A churn of agents that are recovered and never send an agent-level heartbeat
+    (SDK agents heartbeat their items) cannot grow what coordd keeps for them."""
+    st = fresh(stale_threshold=10, recovery="fail")
+    st.lost = LostLeases(per_agent=3, kept=50)
+    t = T0
+    for n in range(200):
+        st.claim(f"short_lived_{n}", "t", "d", t)
+        t += 11
+        recovery.tick(st, t)
+        st.take_revocations()  # what the edge does once the recoveries are durable
+    assert st.lost.count == 50 == sum(len(v) for v in st.lost.by_agent.values())
+    # The newest are kept: the last agent still hears of its lost lease.
+    assert [r.agent_id for r in st.take_lost("short_lived_199")] == ["short_lived_199"]
+    assert st.take_lost("short_lived_0") == []
+    # And per agent: one agent losing many keeps only its most recent ones.
+    for _ in range(5):
+        st.claim("busy", "t", "d", t)
+        t += 11
+        recovery.tick(st, t)
+    assert len(st.take_lost("busy")) == 3 and st.lost.count == 50 - 3
