@@ -63,7 +63,9 @@ def test_fifty_concurrent_claim_next_on_ten_items(coordd: CoorddProcess) -> None
         coordd.call(protocol.Add(work_type="t", description=f"item {n}"))
 
     def claim(n: int) -> subprocess.CompletedProcess[str]:
-        return coordd.ctl("claim-next", "--agent", f"agent_{n}", "--json")
+        # Fifty Python processes start at once: on a loaded 2-core machine each may
+        # wait long for a core before it sends anything (coordd answers in ms).
+        return coordd.ctl("claim-next", "--agent", f"agent_{n}", "--json", timeout=120)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(claim, range(50)))
