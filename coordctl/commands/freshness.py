@@ -75,14 +75,16 @@ def _to_whom(e: views.RecoveredView) -> str:
     return "nobody (failed)" if e.status == "failed" else f"nobody yet ({e.status})"
 
 
-def recovered_text(recovered: list[views.RecoveredView], window: float | None) -> str:
-    """What was recovered within the window: when, strategy, from, to, why."""
-    if window is None:
-        return ""  # an older daemon: it does not report recoveries
+def recovered_summary(recovered: list[views.RecoveredView], window: float) -> str:
     span = render.duration(window)
     if not recovered:
         return f"nothing recovered in the last {span}"
-    table = render.table(
+    return f"{len(recovered)} item(s) recovered in the last {span}"
+
+
+def recovered_table(recovered: list[views.RecoveredView]) -> str:
+    """What was recovered: when, strategy, from, to, why."""
+    return render.table(
         ("ID", "WHEN", "STRATEGY", "FROM", "TO", "WHY", "DESCRIPTION"),
         [
             (
@@ -97,7 +99,14 @@ def recovered_text(recovered: list[views.RecoveredView], window: float | None) -
             for e in recovered
         ],
     )
-    return f"{len(recovered)} item(s) recovered in the last {span}:\n{table}"
+
+
+def recovered_text(recovered: list[views.RecoveredView], window: float | None) -> str:
+    """check-stale's account of what was recovered within the window."""
+    if window is None:
+        return ""  # an older daemon: it does not report recoveries
+    summary = recovered_summary(recovered, window)
+    return f"{summary}:\n{recovered_table(recovered)}" if recovered else summary
 
 
 WINDOW_OPTION = click.option(
@@ -201,6 +210,8 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
         f"heartbeat daemon: {heartbeat_daemon_status(ctx)}",
         f"AI provider: {provider_summary(ctx)}",
     ]
+    if d.recovered_window_seconds is not None:  # (an older daemon does not report them)
+        head.append(recovered_summary(d.recovered, d.recovered_window_seconds))
     # Under the head: a blank line, the table's header, the rows, and "... N more".
     room = max(1, height - len(head) - 3)
     rows = d.items[:room]
@@ -233,7 +244,10 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
         for b in d.blocked_items[:room]:
             why = ", ".join(render.dependency_words(w, short[w.work_item_id]) for w in b.waiting_on)
             lines.append(f"blocked {short[b.work_item_id]}: waits for {why}")
-    lines += ["", *recovered_text(d.recovered, d.recovered_window_seconds).splitlines()]
+    # The recovered items, as many as the rows left (blank line and header first).
+    room = height - len(lines) - 2
+    if d.recovered and room > 0:
+        lines += ["", *recovered_table(d.recovered[:room]).splitlines()]
     return "\n".join(line[:width] for line in lines)
 
 

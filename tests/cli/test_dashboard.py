@@ -14,7 +14,9 @@ from tests.helpers import wait_for
 def test_the_dashboard_lists_active_items_worst_first_in_80_columns(
     coordd_factory: Any,
 ) -> None:
-    d: CoorddProcess = coordd_factory({"stale_threshold": 3600, "recovery": "none"})
+    d: CoorddProcess = coordd_factory(
+        {"stale_threshold": 3600, "heartbeat_interval": 0.5, "recovery": "none"}
+    )
     quiet = d.call(
         protocol.Claim(agent_id="slow_agent", work_type="t", description="q", stale_after=2)
     )
