@@ -31,6 +31,7 @@ ITEMS = 3  # a block of a snapshot's work items
 AGENTS = 4  # a block of a snapshot's agents
 COMPLETIONS = 5  # a block of a snapshot's completion log
 END = 6  # a snapshot's last frame: how many of each it holds
+APPLIED = 7  # a block of a snapshot's remembered request ids and replies (optional)
 
 # What decoding checked bytes that no coordd wrote can raise (bad UTF-8 included).
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)

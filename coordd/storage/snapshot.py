@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from coordd.core.model import Agent, Completion, Record, WorkItem
+from coordd.core.model import Agent, Applied, Completion, Record, WorkItem
 from coordd.core.state import State
 from coordd.storage import frames
 from coordd.storage.files import Corrupt, os_reason, write_atomic
@@ -26,9 +26,11 @@ from coordd.storage.wal import link_over
 
 # Format 2: ``snapshot.bin`` is a 16-byte header (magic, version, header crc32), then
 # frames (storage/frames.py, the journal's format): META (what it covers), blocks of
-# items, agents and completions (BLOCK records each, each block checksummed), END (how
-# many of each). A damaged block costs at most its records, and a repair keeps every
-# other block; a file cut at a frame boundary lacks its END and is refused.
+# items, agents and completions (BLOCK records each, each block checksummed), then the
+# remembered request ids (APPLIED blocks; none in a file written before they were kept,
+# which loads as "none remembered"), END (how many of each). A damaged block costs at
+# most its records, and a repair keeps every other block; a file cut at a frame
+# boundary lacks its END and is refused.
 SNAPSHOT_NAME = "snapshot.bin"
 SNAPSHOT_PREV_NAME = "snapshot.prev.bin"  # kept until the next one is durable
 SNAPSHOT_MAGIC = b"COORDSNP"
@@ -51,6 +53,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     agents: list[Agent] = []
     completions: list[Completion] = []
     team_velocity: dict[str, int] = {}
+    # Replies of requests that carried an id: a resend after a restart is answered, not
+    # applied again (the journal records them; a snapshot must not forget them).
+    applied: list[Applied] = []
 
 
 class Meta(msgspec.Struct, kw_only=True):
@@ -70,6 +75,7 @@ class End(msgspec.Struct, kw_only=True):
     agents: int = 0
     completions: int = 0
     frames: int = 0
+    applied: int = 0
 
 
 class SnapshotResult(msgspec.Struct, kw_only=True):
@@ -90,6 +96,7 @@ _block_decoders: dict[int, Any] = {
     frames.ITEMS: msgspec.msgpack.Decoder(list[WorkItem]),
     frames.AGENTS: msgspec.msgpack.Decoder(list[Agent]),
     frames.COMPLETIONS: msgspec.msgpack.Decoder(list[Completion]),
+    frames.APPLIED: msgspec.msgpack.Decoder(list[Applied]),
 }
 
 
@@ -107,6 +114,7 @@ def document(state: State, now: float, generation: int, offset: int) -> Snapshot
         agents=list(state.agents.values()),
         completions=state.completions,
         team_velocity=state.team_velocity,
+        applied=list(state.applied.values()),
     )
 
 
@@ -116,7 +124,13 @@ def restore(state: State, snap: Snapshot | None, records: Iterable[Record] = ())
     if snap is None:
         return state.restore(records=records)
     return state.restore(
-        snap.items, snap.agents, snap.completions, snap.team_velocity, snap.lease_seq, records
+        snap.items,
+        snap.agents,
+        snap.completions,
+        snap.team_velocity,
+        snap.lease_seq,
+        records,
+        snap.applied,
     )
 
 
@@ -137,12 +151,17 @@ def encode(doc: Snapshot) -> bytes:
         (frames.ITEMS, doc.items),
         (frames.AGENTS, doc.agents),
         (frames.COMPLETIONS, doc.completions),
+        (frames.APPLIED, doc.applied),
     ):
         for i in range(0, len(rows), BLOCK):
             out.append(frames.encode(kind, _encoder.encode(rows[i : i + BLOCK])))
             n += 1
     end = End(
-        items=len(doc.items), agents=len(doc.agents), completions=len(doc.completions), frames=n
+        items=len(doc.items),
+        agents=len(doc.agents),
+        completions=len(doc.completions),
+        frames=n,
+        applied=len(doc.applied),
     )
     out.append(frames.encode(frames.END, _encoder.encode(end)))
     return b"".join(out)
@@ -187,8 +206,8 @@ def decode(path: Path, data: bytes) -> Snapshot:
             raise Corrupt(path, fr.pos, f"a frame this coordd cannot read ({e})") from None
     if end is None:
         raise Corrupt(path, len(data), "no END frame: the snapshot was cut")
-    got = (len(snap.items), len(snap.agents), len(snap.completions), n)
-    if got != (end.items, end.agents, end.completions, end.frames):
+    got = (len(snap.items), len(snap.agents), len(snap.completions), n, len(snap.applied))
+    if got != (end.items, end.agents, end.completions, end.frames, end.applied):
         raise Corrupt(path, len(data), f"holds {got}, its END frame says {end}")
     return snap
 
@@ -235,6 +254,8 @@ def _block(snap: Snapshot, fr: frames.Frame) -> None:
         snap.items.extend(rows)
     elif fr.kind == frames.AGENTS:
         snap.agents.extend(rows)
+    elif fr.kind == frames.APPLIED:
+        snap.applied.extend(rows)
     else:
         snap.completions.extend(rows)
 
