@@ -23,6 +23,9 @@ MAX_RECORD_V1 = 64 * 1024 * 1024
 
 
 class SnapshotV1(msgspec.Struct, kw_only=True):
+    """``snapshot.json``, one JSON object; format 2's document (``snapshot.Snapshot``)
+    is this plus what later releases keep."""
+
     format: str = SNAPSHOT_V1_FORMAT
     version: int = 1
     created_at: float = 0.0

@@ -64,7 +64,8 @@ def _read_v1(path: Path) -> Snapshot | None:
     if old is None:
         return None
     return Snapshot(
-        **{f: getattr(old, f) for f in Snapshot.__struct_fields__ if f != "version"}, version=1
+        **{f: getattr(old, f) for f in format1.SnapshotV1.__struct_fields__ if f != "version"},
+        version=1,
     )
 
 

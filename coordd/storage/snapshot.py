@@ -22,6 +22,7 @@ from coordd.core.model import Agent, Applied, Completion, Record, WorkItem
 from coordd.core.state import State
 from coordd.storage import frames
 from coordd.storage.files import Corrupt, os_reason, write_atomic
+from coordd.storage.format1 import SnapshotV1
 from coordd.storage.wal import link_over
 
 # Format 2: ``snapshot.bin`` is a 16-byte header (magic, version, header crc32), then
@@ -40,21 +41,12 @@ FILE_HEADER = struct.Struct(">8sII")  # magic, version, crc32 of the first 12 by
 BLOCK = 512
 
 
-class Snapshot(msgspec.Struct, kw_only=True):
-    """A snapshot's content, in memory (format 1 documents read into this too)."""
+class Snapshot(SnapshotV1, kw_only=True):
+    """A snapshot's content, in memory: format 1's document, plus the replies of
+    requests that carried an id (a resend after a restart is answered, not applied
+    again: the journal records them, so a snapshot must not forget them)."""
 
-    format: str = SNAPSHOT_FORMAT
     version: int = SNAPSHOT_VERSION
-    created_at: float = 0.0
-    wal_generation: int = 0
-    wal_offset: int = 0
-    lease_seq: int = 0
-    items: list[WorkItem] = []
-    agents: list[Agent] = []
-    completions: list[Completion] = []
-    team_velocity: dict[str, int] = {}
-    # Replies of requests that carried an id: a resend after a restart is answered, not
-    # applied again (the journal records them; a snapshot must not forget them).
     applied: list[Applied] = []
 
 
