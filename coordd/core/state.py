@@ -441,11 +441,32 @@ class State:
     ) -> WorkItem:
         """Put a pending item in the backlog; with ``after`` it waits for those items
         to complete with result ``success`` (blocked until then)."""
+        item = self._new_item(
+            work_item_id, work_type, description, priority, team, stale_after, after, now
+        )
+        self.items[item.work_item_id] = item
+        self._index(item, now)
+        self._put(item)
+        self._emit("added", now, item)
+        return item
+
+    def _new_item(
+        self,
+        work_item_id: str | None,
+        work_type: str,
+        description: str,
+        priority: str,
+        team: str,
+        stale_after: float | None,
+        after: list[str] | None,
+        now: float,
+    ) -> WorkItem:
+        """A new item built from checked fields (not stored yet): what add and claim
+        refuse alike, before either changes anything."""
         self._check_priority(priority)
         self._check_stale_after(stale_after)
         self._check_new_item(work_item_id, description)
-        after = self._check_after(work_item_id, after)
-        item = WorkItem(
+        return WorkItem(
             work_item_id=work_item_id or self._new_id(now),
             work_type=work_type,
             description=description,
@@ -453,13 +474,8 @@ class State:
             team=team,
             created_at=now + self.wall_offset,
             stale_after=stale_after,
-            after=after,
+            after=self._check_after(work_item_id, after),
         )
-        self.items[item.work_item_id] = item
-        self._index(item, now)
-        self._put(item)
-        self._emit("added", now, item)
-        return item
 
     def claim(
         self,
@@ -475,30 +491,19 @@ class State:
     ) -> WorkItem:
         """Create an item and claim it at once (the old ``claim``). With ``after``, only
         when each of those items has completed with result ``success``."""
-        self._check_priority(priority)
-        self._check_stale_after(stale_after)
+        item = self._new_item(
+            work_item_id, work_type, description, priority, team, stale_after, after, now
+        )
         known = self.agents.get(agent_id)
         refusal = rules.claim_threshold_refusal(
             stale_after, known.heartbeat_interval if known else None, self.policy, agent_id
         )
         if refusal is not None:
             raise BadRequest(refusal)
-        self._check_new_item(work_item_id, description)
-        after = self._check_after(work_item_id, after)
-        unmet = [d for d in after or () if not rules.dependency_met(self.items.get(d))]
+        unmet = [d for d in item.after or () if not rules.dependency_met(self.items.get(d))]
         if unmet:
             raise Conflict(f"blocked: {self._describe_unmet(unmet)}; claim it when they succeed")
         self._ensure_agent(agent_id, now, team)
-        item = WorkItem(
-            work_item_id=work_item_id or self._new_id(now),
-            work_type=work_type,
-            description=description,
-            priority=Priority(priority),
-            team=team,
-            created_at=now + self.wall_offset,
-            stale_after=stale_after,
-            after=after,
-        )
         self.items[item.work_item_id] = item
         self._take(item, agent_id, now)
         return item
