@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import itertools
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -55,7 +53,7 @@ from coordd.storage.pg_lease import Lease, LeaseLost, one_line
 from coordd.storage.pg_schema import Connector, check_schema
 from coordd.storage.pg_schema import migrate as migrate_schema
 from coordd.storage.reports import LoadReport, ObserveFsync, Role
-from coordd.storage.snapshot import SnapshotResult
+from coordd.storage.snapshot import Child, SnapshotResult, die_with_parent
 
 if TYPE_CHECKING:
     from coordd.config import Config
@@ -295,7 +293,7 @@ class PostgresStore:
         self.last_seq = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coordd-pg")
         self._local = threading.local()
-        self._child: _Child | None = None
+        self._child: Child | None = None
         self._child_covers = 0
         self._broken = ""
         self._wake: Callable[[], None] | None = None
@@ -532,7 +530,7 @@ class PostgresStore:
 # --- the snapshot child ----------------------------------------------------------
 
 
-def _fork(job: Callable[[], dict[str, Any]], items: int) -> _Child:
+def _fork(job: Callable[[], dict[str, Any]], items: int) -> Child:
     """Run ``job`` in a forked child (a copy-on-write image of the state): the loop is
     held only for the fork. The child opens its own connection, never the parent's."""
     t0 = time.monotonic()
@@ -542,7 +540,7 @@ def _fork(job: Callable[[], dict[str, Any]], items: int) -> _Child:
         code = 1
         try:
             os.close(r)
-            _die_with_parent()
+            die_with_parent()
             try:
                 out = {"ok": True, **job(), "seconds": time.monotonic() - t0}
                 code = 0
@@ -556,60 +554,7 @@ def _fork(job: Callable[[], dict[str, Any]], items: int) -> _Child:
         finally:
             os._exit(code)
     os.close(w)
-    return _Child(pid, r, t0, items, time.monotonic() - t0)
-
-
-def _load_libc() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-# Loaded once in the parent: dlopen in a child forked from a threaded process (the
-# journal, lease and follower threads) could deadlock on a loader lock held at fork.
-_LIBC = _load_libc()
-
-
-def _die_with_parent() -> None:
-    # If the daemon is SIGKILLed, its snapshot child goes too (Linux; best effort).
-    try:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class _Child:
-    def __init__(self, pid: int, r: int, t0: float, items: int, blocked: float) -> None:
-        self.pid, self.r, self.t0, self.items, self.blocked = pid, r, t0, items, blocked
-
-    def poll(self, block: bool = False) -> SnapshotResult | None:
-        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        if pid == 0:
-            return None
-        chunks = []
-        while chunk := os.read(self.r, 65536):
-            chunks.append(chunk)
-        os.close(self.r)
-        try:
-            out = json.loads(b"".join(chunks) or b"{}")
-        except ValueError:
-            out = {}
-        if not out:
-            out = {"ok": False, "reason": f"snapshot child ended with status {status}"}
-        return SnapshotResult(
-            ok=bool(out.get("ok")),
-            reason=str(out.get("reason", "")),
-            seconds=float(out.get("seconds", time.monotonic() - self.t0)),
-            blocked=self.blocked,
-            bytes=int(out.get("bytes", 0)),
-            items=self.items,
-        )
-
-    def wait(self) -> SnapshotResult:
-        result = self.poll(block=True)
-        assert result is not None
-        return result
+    return Child(pid, r, t0, items, blocked=time.monotonic() - t0)
 
 
 def open_postgres(cfg: Config, observe_fsync: ObserveFsync | None = None) -> PostgresStore:

@@ -359,9 +359,7 @@ def fork_writer(
         os.close(r)
         _child_main(w, path, make_doc, after, close_fds, t0)
     os.close(w)
-    child = Child(pid, r, t0, items)
-    child.blocked = time.monotonic() - t0
-    return child
+    return Child(pid, r, t0, items, blocked=time.monotonic() - t0)
 
 
 def _child_main(
@@ -374,7 +372,7 @@ def _child_main(
 ) -> None:
     code = 1
     try:
-        _die_with_parent()
+        die_with_parent()
         # Below the loop in the scheduler's eyes: on 2 cores the child's seconds of
         # encoding otherwise took a core from the daemon and its clients, and their
         # round trips stalled for tens of ms while it ran (nice 10: a tenth of the weight).
@@ -409,11 +407,12 @@ def _load_libc() -> Any:
 
 
 # Loaded once in the parent: dlopen in a child forked from a threaded process (the AI
-# worker, the metrics server) could deadlock on a loader lock another thread held at fork.
+# worker, the metrics server, the PostgreSQL store's threads) could deadlock on a
+# loader lock another thread held at fork.
 _LIBC = _load_libc()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # If the daemon is SIGKILLed, its snapshot child goes too (Linux only; best effort).
     with contextlib.suppress(Exception):
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -424,9 +423,9 @@ def _die_with_parent() -> None:
 class Child:
     """A forked snapshot writer, as the parent sees it."""
 
-    def __init__(self, pid: int, r: int, t0: float, items: int) -> None:
+    def __init__(self, pid: int, r: int, t0: float, items: int, blocked: float = 0.0) -> None:
         self.pid, self.r, self.t0, self.items = pid, r, t0, items
-        self.blocked = 0.0
+        self.blocked = blocked  # seconds the loop was held to start it
 
     def poll(self, block: bool = False) -> SnapshotResult | None:
         """Its result once it has ended (None while it runs, unless ``block``)."""
