@@ -609,7 +609,11 @@ class Daemon:
 
     def _note_conn(self, agent_id: str, envelope: list[bytes]) -> None:
         """Remember ``envelope``'s connection as the most recent to heartbeat for
-        ``agent_id`` (at most CONNS_PER_AGENT kept: the least recent goes)."""
+        ``agent_id`` (at most CONNS_PER_AGENT kept: the least recent goes). Only for an
+        agent coordd knows (bounded by ``max_agents``): heartbeats naming made-up agents
+        are refused, and must not grow this table."""
+        if agent_id not in self.state.agents:
+            return
         known = self.beat_conns.setdefault(agent_id, {})
         known.pop(envelope[0], None)
         known[envelope[0]] = envelope
