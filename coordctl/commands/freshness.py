@@ -8,7 +8,6 @@ coordctl these parse, call and render; the rules are in ``coordd.core.rules``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -34,17 +33,15 @@ from coordctl.commands.heartbeat import (
 )
 from coordctl.commands.items import claim_item, claimed_line
 from coordd import protocol, views
+from coordd.storage.files import write_atomic
 
 REPORT_NAME = "stale_work_report.json"
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A temporary file of this process's own (several agents in one directory may run
+    # check-stale at once): a shared name let one writer rename the other's file away.
+    write_atomic(path, text.encode())
 
 
 # --- check-stale / recover-stale ---------------------------------------------------

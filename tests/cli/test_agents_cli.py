@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +379,22 @@ def test_revocations_go_only_to_connections_that_asked_for_pushes(
     finally:
         asked.close()
         plain.close()
+
+
+def test_agents_running_check_stale_at_once_all_get_the_report(coordd_factory: Any) -> None:
+    """Several agents share a directory and each runs check-stale: every run succeeds,
+    and the report they share is whole (a shared temporary name once let one run rename
+    another's file away: a traceback, or a report cut in the middle)."""
+    d = coordd_factory(FAST)
+    d.call(protocol.Claim(agent_id="quiet", work_type="t", description="x" * 2000))
+
+    def check(n: int) -> subprocess.CompletedProcess[str]:
+        return d.ctl("check-stale", env=as_agent(f"agent_{n}"), timeout=120)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        runs = list(pool.map(check, range(12)))
+    assert [r.returncode for r in runs if r.returncode not in (0, 5)] == [], runs
+    assert all("Traceback" not in r.stderr for r in runs)
+    report = json.loads((d.dir / "stale_work_report.json").read_text())
+    assert "stale_count" in report
+    assert [p.name for p in d.dir.iterdir() if ".tmp" in p.name] == []
