@@ -1086,6 +1086,10 @@ class State:
         for rec in records:
             if isinstance(rec, PutItem):
                 old, item = self.items.get(rec.item.work_item_id), rec.item
+                if item.recovered_at is not None and (
+                    old is None or old.recovered_at != item.recovered_at
+                ):
+                    self.recent.append(item.work_item_id)  # what check-stale lists
                 self.apply_record(rec)
                 unmet = (
                     rules.unmet(item, self.items) if item.after and item.status == "pending" else ()

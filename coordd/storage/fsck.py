@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
-from coordd.core.model import AddCompletion, Record
+from coordd.core.model import AddCompletion, Applied, Record
 from coordd.core.state import State
 from coordd.storage import format1, frames, loader
 from coordd.storage.files import Corrupt, fsync_dir, write_atomic
@@ -221,7 +222,16 @@ def _overlay(state: State, snap: Snapshot) -> None:
     state.completions = merged
     state.team_velocity = dict(snap.team_velocity)
     state.lease_seq = max(state.lease_seq, snap.lease_seq)
+    # Remembered request ids too (a resend must still be answered, not applied again),
+    # oldest first as State keeps them.
+    applied = {a.request_id: a for a in state.applied.values()}
+    applied.update((a.request_id, a) for a in snap.applied)
+    state.applied = OrderedDict((a.request_id, a) for a in sorted(applied.values(), key=_at))
     state.rebuild_indexes()
+
+
+def _at(applied: Applied) -> float:
+    return applied.at
 
 
 def _ckey(c: Any) -> tuple[str, float, str | None]:
@@ -317,10 +327,11 @@ def _replay(
 
 def _report_snapshot_losses(report: FsckReport, snap: Snapshot, sal: Salvage, filled: int) -> None:
     got = {"items": len(snap.items), "agents": len(snap.agents),
-           "completions": len(snap.completions)}  # fmt: skip
+           "completions": len(snap.completions), "request_ids": len(snap.applied)}  # fmt: skip
     line = (
         f"snapshot: read {got['items']} items, {got['agents']} agents,"
-        f" {got['completions']} completions whose checksums hold"
+        f" {got['completions']} completions, {got['request_ids']} request ids whose"
+        " checksums hold"
     )
     if sal.damaged:
         stretches = ", ".join(f"{n} bytes at byte offset {o}" for o, n in sal.damaged)
@@ -330,13 +341,14 @@ def _report_snapshot_losses(report: FsckReport, snap: Snapshot, sal: Salvage, fi
             "items": max(0, sal.expected.items - got["items"] - filled),
             "agents": max(0, sal.expected.agents - got["agents"]),
             "completions": max(0, sal.expected.completions - got["completions"]),
+            "request_ids": max(0, sal.expected.applied - got["request_ids"]),
         }
         for k, v in lost.items():
             report.dropped[k] = v
         line += (
             f"; lost {lost['items']} items, {lost['agents']} agents,"
-            f" {lost['completions']} completions (its END frame's counts, less what was"
-            " filled in)"
+            f" {lost['completions']} completions, {lost['request_ids']} request ids (its END"
+            " frame's counts, less what was filled in)"
         )
     elif sal.damaged:
         line += "; how many records the damaged stretches held is unknown (END unreadable)"

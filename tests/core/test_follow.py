@@ -44,3 +44,30 @@ def test_following_batch_by_batch_equals_a_restore() -> None:
     took = follower.claim_next("a2", now + 5)
     assert took == leader.claim_next("a2", now + 5)
     assert follower.lease_seq == leader.lease_seq
+
+
+def test_a_standby_lists_the_recoveries_its_leader_made() -> None:
+    """check-stale and the dashboard are served by a standby too, and by it once it
+    takes over: the leader's recoveries must be in its recent list, not only on the
+    items."""
+    import msgspec
+
+    from coordd.core import recovery, views
+    from coordd.core.model import Record
+    from coordd.core.rules import Policy
+
+    leader, follower = State(Policy(stale_threshold=10)), State(Policy(stale_threshold=10))
+
+    def ship() -> None:  # through the journal's encoding, as a standby reads it
+        records = msgspec.msgpack.encode(leader.drain()[0])
+        follower.follow(msgspec.msgpack.decode(records, type=list[Record]))
+
+    wid = leader.claim("a1", "t", "d", 100.0).work_item_id
+    ship()
+    assert [r.work_item_id for r in recovery.tick(leader, 111.0)] == [wid]
+    ship()
+    shown = views.recent_recoveries(follower, 112.0, 3600.0)
+    assert [(e.work_item_id, e.recovered_from) for e in shown] == [(wid, "a1")]
+    leader.heartbeat("a1", 112.0)
+    ship()  # nothing recovered since: listed once
+    assert len(views.recent_recoveries(follower, 113.0, 3600.0)) == 1

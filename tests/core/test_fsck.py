@@ -86,7 +86,10 @@ def test_repair_of_a_damaged_snapshot_keeps_every_readable_block_and_counts_the_
     assert {"w0", "w511", "w5000", "w5002"} <= again.items.keys()
     assert report.dropped["items"] == 40 and report.kept["items"] == snapshot.BLOCK + 3
     line = next(a for a in report.actions if a.startswith("snapshot:"))
-    assert "lost 40 items, 0 agents, 0 completions" in line and f"byte offset {at}" in line
+    assert (
+        "lost 40 items, 0 agents, 0 completions, 0 request ids" in line
+        and f"byte offset {at}" in line
+    )
     for k in (512, 531):  # the damaged block's ids, read without their checksum
         assert f"w{k}" in line
     assert "and 20 more" in line
@@ -158,3 +161,24 @@ def test_a_journal_of_another_generation_refuses_start(d: Path) -> None:
     (d / wal.WAL_NAME).write_bytes((other / wal.WAL_NAME).read_bytes())
     with pytest.raises(Corrupt, match="ends at byte offset .* before offset"):
         reload(d)
+
+
+def test_a_repair_keeps_the_request_ids_its_snapshot_remembered(d: Path) -> None:
+    """A request id remembered before the snapshot must survive a repair: a resend
+    after it is answered, not applied a second time."""
+    st, store = open_fresh(d)
+    st.remember("claim-once", T0, b"\x81\xa1a\x01")
+    work(st, store, 4)
+    assert store.snapshot(st, T0 + 100).ok
+    work(st, store, 2, start=100)
+    store.close()
+    path = d / wal.WAL_NAME
+    data = bytearray(path.read_bytes())
+    scan = wal.read_wal(path)
+    assert scan is not None
+    damaged_at = scan.records[0][0]  # a record after the snapshot: a repair is needed
+    data[damaged_at + 30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = fsck(d, repair=True, now=T0)
+    assert any("1 request ids" in a for a in report.actions), report.actions
+    assert reload(d)[0].reply_for("claim-once") == b"\x81\xa1a\x01"
