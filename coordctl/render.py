@@ -172,10 +172,11 @@ def item_detail(i: Any) -> str:
         ("checkpoint", i.checkpoint),
     ]
     lines = []
+    width = max(len(key) for key, _ in fields) + 1  # the values line up
     for key, value in fields:
         if value is None:
             continue
         if hasattr(value, "timestamp"):
             value = f"{iso(_ts(value))} ({age(_ts(value))} ago)"
-        lines.append(f"{key + ':':17} {value}")
+        lines.append(f"{key + ':':{width}} {value}")
     return "\n".join(lines)

@@ -158,7 +158,7 @@ def item_view(data: Any) -> ItemView:
         recovery_strategy=item.recovery_strategy,
         recovery_reason=item.recovery_reason,
         recovered_from=item.recovered_from,
-        checkpoint=item.checkpoint,
+        checkpoint=opt(item.checkpoint),
         stale_after_seconds=item.stale_after,
         created_at=when(item.created_at or None),
         claimed_at=when(item.claimed_at),
@@ -337,17 +337,39 @@ class HeartbeatRefusal(View):
     message: str
 
 
+class LostLease(View):
+    """A lease the agent lost to a recovery since its last agent-level heartbeat."""
+
+    work_item_id: str
+    lease: int
+    strategy: str
+    reason: str
+    new_holder: str | None
+
+
 class HeartbeatView(View):
-    """Items refreshed by one heartbeat, and the ones refused (lost leases...)."""
+    """Items refreshed by one heartbeat, the ones refused (lost leases...), and for an
+    agent-level heartbeat the leases lost since the last one (exit status 1 if any)."""
 
     refreshed: int
     errors: list[HeartbeatRefusal]
+    lost: list[LostLease]
 
 
 def heartbeat_view(d: dict[str, Any]) -> HeartbeatView:
     return HeartbeatView(
         refreshed=d.get("refreshed", 0),
         errors=[msgspec.convert(e, HeartbeatRefusal) for e in d.get("errors") or ()],
+        lost=[
+            LostLease(
+                work_item_id=r["work_item_id"],
+                lease=r["lease"],
+                strategy=r["strategy"],
+                reason=r["reason"],
+                new_holder=r.get("new_holder"),
+            )
+            for r in d.get("lost") or ()
+        ],
     )
 
 
@@ -381,9 +403,10 @@ class StaleEntry(View):
 
 
 class RecoveredView(View):
-    """One item recovered within the window: when, how, why, from whom, and who holds
-    it now because of it (the new holder after a reassign, the same agent after a
-    retry; null while pending or after a fail)."""
+    """One item recovered within the window: when, how, why, from whom, and who took it
+    over since (``now_held_by``: the next holder after a reassign, even if it finished
+    the item since, the same agent after a retry; null while nobody has, as after a
+    fail). ``status`` is the item's status now."""
 
     work_item_id: str
     work_type: str
@@ -516,6 +539,7 @@ class DashboardView(View):
     items: list[DashboardRow]
     blocked_items: list[BlockedRow]
     recovered_window_seconds: float | None
+    recovered_count: int
     recovered: list[RecoveredView]
     heartbeater: HeartbeaterView
     ai_provider: str | None
@@ -553,6 +577,7 @@ def dashboard_view(d: dict[str, Any], heartbeater: HeartbeaterView) -> Dashboard
         ],
         blocked_items=[msgspec.convert(b, BlockedRow) for b in dash.get("blocked_items") or ()],
         recovered_window_seconds=d.get("window"),
+        recovered_count=len(d.get("recovered") or ()),
         recovered=recovered_views(d),
         heartbeater=heartbeater,
         ai_provider=d.get("ai_provider"),

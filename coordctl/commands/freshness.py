@@ -67,9 +67,11 @@ def _stale_table(entries: list[views.StaleEntry]) -> str:
 
 
 def _to_whom(e: views.RecoveredView) -> str:
+    """Who took it over: their id (with the item's status once it is no longer theirs
+    to work on), or the status while nobody has."""
     if e.now_held_by:
-        return e.now_held_by
-    return "nobody (failed)" if e.status == "failed" else f"nobody yet ({e.status})"
+        return e.now_held_by if e.status == "active" else f"{e.now_held_by} ({e.status})"
+    return f"- ({e.status})"
 
 
 def recovered_summary(recovered: list[views.RecoveredView], window: float) -> str:
@@ -80,12 +82,13 @@ def recovered_summary(recovered: list[views.RecoveredView], window: float) -> st
 
 
 def recovered_table(recovered: list[views.RecoveredView]) -> str:
-    """What was recovered: when, strategy, from, to, why."""
+    """What was recovered: when, strategy, from, to, why (ids short, as every table)."""
+    short = render.short_ids([e.work_item_id for e in recovered])
     return render.table(
         ("ID", "WHEN", "STRATEGY", "FROM", "TO", "WHY", "DESCRIPTION"),
         [
             (
-                e.work_item_id,
+                short[e.work_item_id],
                 f"{render.age(e.recovered_at.timestamp())} ago",
                 e.strategy,
                 e.recovered_from,
@@ -108,7 +111,7 @@ def recovered_text(recovered: list[views.RecoveredView], window: float | None) -
 
 WINDOW_OPTION = click.option(
     "--window",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=protocol.MAX_SECONDS),
     default=protocol.RECOVERED_WINDOW,
     show_default=True,
     help="Also list what was recovered within this many seconds.",
@@ -243,8 +246,11 @@ def dashboard_text(ctx: Ctx, d: views.DashboardView, width: int, height: int) ->
             lines.append(f"blocked {short[b.work_item_id]}: waits for {why}")
     # The recovered items, as many as the rows left (blank line and header first).
     room = height - len(lines) - 2
-    if d.recovered and room > 0:
-        lines += ["", *recovered_table(d.recovered[:room]).splitlines()]
+    if d.recovered and room > 1:
+        shown = d.recovered[: room if room >= len(d.recovered) else room - 1]
+        lines += ["", *recovered_table(shown).splitlines()]
+        if len(d.recovered) > len(shown):
+            lines.append(f"... {len(d.recovered) - len(shown)} more recovered (--json for all)")
     return "\n".join(line[:width] for line in lines)
 
 

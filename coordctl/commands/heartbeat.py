@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -60,23 +59,22 @@ def heartbeat(
             checkpoint=checkpoint,
         ),
     )
-    lost = data.get("lost") or []
     view = views.heartbeat_view(data)
 
     def human(d: views.HeartbeatView) -> str:
         lines = [f"heartbeat {agent_id}: {d.refreshed} item(s) refreshed"]
-        lines += [lost_line(r) for r in lost]
+        lines += [lost_line(r) for r in d.lost]
         return "\n".join(lines)
 
     emit(as_json, view, human)
-    if lost:
+    if view.lost:
         sys.exit(EXIT_REFUSED)
 
 
-def lost_line(r: dict[str, Any]) -> str:
+def lost_line(r: views.LostLease) -> str:
     """One lost lease, for people: which item, which lease, why, who has it now."""
-    holder = f", now held by {r['new_holder']}" if r.get("new_holder") else ""
-    return f"lost {r['work_item_id']} (lease {r['lease']}, {r['strategy']}: {r['reason']}{holder})"
+    holder = f", now held by {r.new_holder}" if r.new_holder else ""
+    return f"lost {r.work_item_id} (lease {r.lease}, {r.strategy}: {r.reason}{holder})"
 
 
 def file_key(agent_id: str) -> str:
@@ -247,8 +245,16 @@ def _stopped(pids: list[tuple[int, str | None]]) -> views.HeartbeaterList:
 
 
 def _agent_of(pid_file: Path) -> str | None:
-    """The agent a pid file is named after (None for the old single file's name; an
-    unsafe agent id is named by its hash)."""
+    """The agent whose heartbeater holds ``pid_file``: from that process's command line
+    (``--agent ID``; an unsafe id names its file by a hash), else the file's name; None
+    for the old single file's name."""
+    pid = read_pid(str(pid_file))
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+    except OSError:
+        argv = []
+    if b"--agent" in argv[:-1]:
+        return argv[argv.index(b"--agent") + 1].decode(errors="replace")
     if pid_file.name == LEGACY_PID_NAME:
         return None
     return pid_file.name[len(PID_PREFIX) : -len(".pid")]
@@ -263,7 +269,8 @@ def heartbeat_stop(ctx: Ctx, agent: str | None, all_: bool, as_json: bool) -> No
     Only $AGENT_ID's (or --agent's); --all stops every heartbeater in COORDINATION_DIR.
     """
     if all_:
-        done = [(pid, _agent_of(f)) for f in all_pid_files(ctx) if (pid := _stop(f)) is not None]
+        named = [(f, _agent_of(f)) for f in all_pid_files(ctx)]  # before they stop
+        done = [(pid, agent) for f, agent in named if (pid := _stop(f)) is not None]
         pids = [pid for pid, _ in done]
         emit(
             as_json,

@@ -18,7 +18,7 @@ from coordd.core import rules
 from coordd.core.model import BadRequest, WorkItem
 from coordd.core.recovery import stale_items
 from coordd.core.state import State
-from coordd.kinds import Status, Strategy
+from coordd.kinds import Strategy
 
 # Silent past this share of its threshold, an item is "potentially stale".
 WARN_RATIO = 0.5
@@ -100,8 +100,9 @@ class RecoveredEntry(msgspec.Struct, kw_only=True):
     strategy: str | None
     reason: str | None
     recovered_from: str | None
-    # Who holds it now because of the recovery: the new holder after a reassign (None
-    # while pending), the same agent after a retry, None after a fail.
+    # Who took it over since the recovery: the next holder after a reassign (even if
+    # it has finished the item since; None while nobody has), the same agent after a
+    # retry, None after a fail until someone claims it again.
     now_held_by: str | None
     status: str
     recoveries: int
@@ -124,10 +125,10 @@ def recent_recoveries(state: State, now: float, window: float) -> list[Recovered
 
 def _recovered(item: WorkItem) -> RecoveredEntry:
     assert item.recovered_at is not None
+    # Whoever took it since the recovery, even if they have finished it since (the
+    # same agent after a retry); nobody while it waits, or after a fail.
     since = item.claimed_at is not None and item.claimed_at >= item.recovered_at
-    held = item.agent_id if item.status == Status.ACTIVE and since else None
-    if item.recovery_strategy == Strategy.RETRY:
-        held = item.agent_id
+    held = item.agent_id if since or item.recovery_strategy == Strategy.RETRY else None
     return RecoveredEntry(
         work_item_id=item.work_item_id,
         work_type=item.work_type,

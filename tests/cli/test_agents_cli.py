@@ -217,6 +217,18 @@ def test_an_agent_level_heartbeat_reports_the_items_lost(coordd: CoorddProcess) 
     # Told once.
     again = coordd.ctl("heartbeat", env=as_agent("agent_L"))
     assert again.returncode == 0 and "lost" not in again.stdout
+    # A script reads the same under --json: which lease, how, and exit 1.
+    other = claim(coordd, "agent_L", "t", "taken away too")
+    coordd.call(protocol.RecoverStale(strategy="fail", work_item_id=other["work_item_id"]))
+    j = coordd.ctl("heartbeat", "--json", env=as_agent("agent_L"))
+    assert j.returncode == 1, j
+    (lost,) = json.loads(j.stdout)["lost"]
+    assert (lost["work_item_id"], lost["lease"], lost["strategy"]) == (
+        other["work_item_id"],
+        other["lease"],
+        "fail",
+    )
+    assert lost["new_holder"] is None and lost["reason"]
 
 
 # --- finding 5: thresholds against heartbeat intervals -----------------------------------------
@@ -271,7 +283,7 @@ def test_check_stale_lists_what_was_recovered_and_exits_0(coordd_factory: Any) -
     assert r.returncode == 0, r  # nothing is stale now: what was recovered is done
     assert "no stale items" in r.stdout
     assert "1 item(s) recovered in the last 1h00m" in r.stdout
-    row = next(line for line in r.stdout.splitlines() if line.startswith(wid))
+    row = next(line for line in r.stdout.splitlines() if wid[-6:] in line)  # a short id
     assert "reassign" in row and "ghost" in row and "rescuer" in row
     assert "no heartbeat for" in row and "(threshold 0.2s)" in row
     report = json.loads((d.dir / "stale_work_report.json").read_text())
@@ -280,7 +292,7 @@ def test_check_stale_lists_what_was_recovered_and_exits_0(coordd_factory: Any) -
     wait_for(lambda: time.time() > show(d, wid)["recovered_at"] + 0.5)
     short = d.ctl("check-stale", "--window", "0.2", "--json")
     assert json.loads(short.stdout)["recovered_count"] == 0
-    assert "recovered in the last 1h00m" in dash.stdout and wid in dash.stdout
+    assert "recovered in the last 1h00m" in dash.stdout and wid[-6:] in dash.stdout
 
 
 # --- checkpoints: written by one agent, handed to the next -------------------------------------
@@ -398,3 +410,16 @@ def test_agents_running_check_stale_at_once_all_get_the_report(coordd_factory: A
     report = json.loads((d.dir / "stale_work_report.json").read_text())
     assert "stale_count" in report
     assert [p.name for p in d.dir.iterdir() if ".tmp" in p.name] == []
+
+
+def test_heartbeat_stop_all_names_each_agent_even_one_named_by_a_hash(
+    coordd_factory: Any,
+) -> None:
+    d = coordd_factory(FAST)
+    for agent in ("plain_agent", "team/a b"):
+        started = d.ctl("heartbeat-start", "--agent", agent)
+        assert started.returncode == 0, started.stderr
+    stopped = d.ctl("heartbeat-stop", "--all", "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    names = sorted(h["agent_id"] for h in json.loads(stopped.stdout)["items"])
+    assert names == ["plain_agent", "team/a b"]
