@@ -40,15 +40,18 @@ def stale_items(state: State, now: float) -> list[WorkItem]:
     return found
 
 
-def _report(state: State, item: WorkItem, now: float, requested: str, applied: bool) -> Recovery:
+def _report(state: State, item: WorkItem, now: float, requested: str, apply: bool) -> Recovery:
+    """What recovering ``item`` with ``requested`` does (applied: ``apply``, unless the
+    strategy that holds is ``none``)."""
     policy = state.policy
+    strategy = rules.effective_strategy(policy, item, requested)
     return Recovery(
         work_item_id=item.work_item_id,
         agent_id=item.agent_id,
-        strategy=rules.effective_strategy(policy, item, requested),
+        strategy=strategy,
         silent_for=state.silent_for(item, now),
         threshold=rules.threshold(policy, item),
-        applied=applied,
+        applied=apply and strategy != Strategy.NONE,
         dead_letter=rules.dead_lettered(policy, item, requested),
     )
 
@@ -56,8 +59,7 @@ def _report(state: State, item: WorkItem, now: float, requested: str, applied: b
 def recover(state: State, item: WorkItem, now: float, strategy: str, reason: str) -> Recovery:
     """Apply one strategy to one active item (past max_recoveries: fail, dead letter)."""
     _check_strategy(strategy)
-    report = _report(state, item, now, strategy, applied=True)
-    report.applied = report.strategy != Strategy.NONE
+    report = _report(state, item, now, strategy, apply=True)
     match report.strategy:
         case Strategy.REASSIGN:
             state.recover_reassign(item, now, reason)
@@ -117,7 +119,7 @@ def recover_stale(
     reports = []
     for item in targets:
         if dry_run:
-            reports.append(_report(state, item, now, strategy, applied=False))
+            reports.append(_report(state, item, now, strategy, apply=False))
             continue
         silent = state.silent_for(item, now)
         reason = f"recover-stale {strategy} by operator (silent {silent:.0f}s)"
