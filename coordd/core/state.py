@@ -863,12 +863,7 @@ class State:
         """Give up: status failed, released, logged with ``result`` (``failed_stale``,
         or ``too_many_recoveries`` for a dead letter)."""
         holder, lease = item.agent_id, item.lease
-        item.recovery_reason = reason
-        item.recovered_at = now + self.wall_offset
-        item.recovered_from = holder
-        item.recoveries += 1
-        item.recovery_strategy = Strategy.FAIL
-        self.recent.append(item.work_item_id)
+        self._stamp_recovery(item, now, reason, holder, Strategy.FAIL)
         # Released: a new lease fences off the silent holder should it come back.
         item.lease = self._next_lease()
         self._finish(item, now, Status.FAILED, result, 0)
@@ -878,6 +873,14 @@ class State:
     def _mark_recovered(
         self, item: WorkItem, now: float, reason: str, holder: str | None, strategy: str
     ) -> None:
+        self._stamp_recovery(item, now, reason, holder, strategy)
+        self._put(item)
+        self._emit("recovered", now, item, agent_id=holder or item.agent_id, detail=strategy)
+
+    def _stamp_recovery(
+        self, item: WorkItem, now: float, reason: str, holder: str | None, strategy: str
+    ) -> None:
+        """What every recovery records on the item (and in the recent list)."""
         item.recovery_reason = reason
         item.recovered_at = now + self.wall_offset
         item.recoveries += 1
@@ -885,8 +888,6 @@ class State:
         self.recent.append(item.work_item_id)
         if holder is not None:
             item.recovered_from = holder
-        self._put(item)
-        self._emit("recovered", now, item, agent_id=holder or item.agent_id, detail=strategy)
 
     # --- retention ----------------------------------------------------------------
 
