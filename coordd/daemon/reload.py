@@ -72,8 +72,7 @@ def reload(cfg: Config, load: Callable[[], Config] | None, state: State) -> Conf
         return None
     merged, needs_restart = merge(cfg, new)
     state.set_policy(merged.policy())
-    for warning in threshold_warnings(merged.policy()):
-        log.warning("threshold_below_heartbeat", detail=warning)
+    warn_thresholds(merged)
     log.info(
         "reloaded",
         stale_threshold=merged.stale_threshold,
@@ -82,3 +81,10 @@ def reload(cfg: Config, load: Callable[[], Config] | None, state: State) -> Conf
         needs_restart=",".join(needs_restart) or None,
     )
     return merged
+
+
+def warn_thresholds(cfg: Config) -> None:
+    """A threshold under two heartbeat intervals recovers live agents' work: say so
+    (at start and at every reload)."""
+    for warning in threshold_warnings(cfg.policy()):
+        log.warning("threshold_below_heartbeat", detail=warning)

@@ -33,7 +33,7 @@ import zmq
 from coordd import __version__, keys, protocol
 from coordd.clock import Clock, SystemClock
 from coordd.config import Config
-from coordd.core import recovery, rules
+from coordd.core import recovery
 from coordd.core.model import DomainError, Limits
 from coordd.core.state import State
 from coordd.daemon import ai_edge, handlers, loading, metrics, routes, standby
@@ -41,6 +41,7 @@ from coordd.daemon.events import Publisher
 from coordd.daemon.notify import Notifier
 from coordd.daemon.outbox import PEER_HWM, RETRY_SECONDS, Outbox
 from coordd.daemon.reload import reload as reload_config
+from coordd.daemon.reload import warn_thresholds
 from coordd.daemon.security import Curve, CurveError
 from coordd.daemon.snapshots import Snapshots
 from coordd.protocol import Error, Ok
@@ -721,12 +722,6 @@ class Daemon:
 
 # Requests whose connection is remembered as where its agent's revocations go.
 _BEATS = (protocol.Heartbeat, protocol.HeartbeatBatch)
-
-
-def warn_thresholds(cfg: Config) -> None:
-    """A threshold under two heartbeat intervals recovers live agents' work: say so."""
-    for warning in rules.threshold_warnings(cfg.policy()):
-        log.warning("threshold_below_heartbeat", detail=warning)
 
 
 def _limits(cfg: Config) -> Limits:
