@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import click
@@ -36,12 +35,6 @@ from coordd import protocol, views
 from coordd.storage.files import write_atomic
 
 REPORT_NAME = "stale_work_report.json"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # A temporary file of this process's own (several agents in one directory may run
-    # check-stale at once): a shared name let one writer rename the other's file away.
-    write_atomic(path, text.encode())
 
 
 # --- check-stale / recover-stale ---------------------------------------------------
@@ -129,7 +122,9 @@ def check_stale(ctx: Ctx, window: float, as_json: bool) -> None:
     """
     report = views.stale_report(call(ctx, protocol.CheckStale(window=window)))
     path = coordination_dir(ctx) / REPORT_NAME
-    _write_atomically(path, views.encode(report).decode() + "\n")
+    # write_atomic: a temporary file of this process's own (agents sharing a directory
+    # may run check-stale at once; a shared name let one rename the other's file away).
+    write_atomic(path, views.encode(report) + b"\n")
     emit(
         as_json,
         report,
