@@ -547,6 +547,7 @@ class DashboardView(View):
 
 def dashboard_view(d: dict[str, Any], heartbeater: HeartbeaterView) -> DashboardView:
     dash = d["dashboard"]
+    recovered = recovered_views(d)
     rows = dash.get("rows")
     if rows is None:  # an older daemon: only its stale items
         rows = [{**e, "freshness": "stale", "progress": 0} for e in dash["stale_items"]]
@@ -577,8 +578,8 @@ def dashboard_view(d: dict[str, Any], heartbeater: HeartbeaterView) -> Dashboard
         ],
         blocked_items=[msgspec.convert(b, BlockedRow) for b in dash.get("blocked_items") or ()],
         recovered_window_seconds=d.get("window"),
-        recovered_count=len(d.get("recovered") or ()),
-        recovered=recovered_views(d),
+        recovered_count=len(recovered),
+        recovered=recovered,
         heartbeater=heartbeater,
         ai_provider=d.get("ai_provider"),
     )
